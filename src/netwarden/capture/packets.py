@@ -1,0 +1,218 @@
+"""The packet-based event sources: live sniffing (AF_PACKET ring) and pcap/pcapng replay.
+
+Both are iterators of :class:`~netwarden.events.Event` with ``stop()``/``close()``; a live
+source also has ``fileno()`` (readable when packets are ready) for event loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from netwarden.events import Event, Source
+from netwarden.stats.flows import FlowTable, Timeouts
+from netwarden.stats.packets import PacketCounter
+
+log = logging.getLogger(__name__)
+
+REPLAY_CHUNK = 2048
+
+
+class _EventSource:
+    """Shared plumbing: a flow table whose events queue up until iterated."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        local_addrs: Iterable[bytes],
+        timeouts: Timeouts | None,
+        tcp_connections_only: bool,
+        iface_name: Callable[[int], str | None] | None = None,
+        max_flows: int = 262144,
+        matcher: Any = None,
+    ) -> None:
+        self._pending: deque[Event] = deque()
+        self.table = FlowTable(
+            self._pending.append,
+            source=source,
+            local_addrs=local_addrs,
+            timeouts=timeouts,
+            tcp_connections_only=tcp_connections_only,
+            iface_name=iface_name,
+            max_flows=max_flows,
+        )
+        self.counter = PacketCounter(self.table, matcher=matcher)
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the iteration to finish: open flows are ended, then it stops (signal-safe)."""
+        self._stopping = True
+
+    def __enter__(self) -> _EventSource:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counter
+        t = self.table
+        return {
+            "packets": c.captured,
+            "ip_packets": t.packets,
+            "ip_bytes": t.bytes,
+            "other_packets": c.other,
+            "malformed_packets": c.malformed,
+            "filtered_packets": c.filtered,
+            "unsupported_packets": c.unsupported,
+            "flows": t.flows_total,
+            "flows_evicted": t.evicted,
+            "proto_packets": dict(sorted(t.proto_packets.items())),
+        }
+
+
+class SniffSource(_EventSource):
+    """Live capture on one interface or all of them, with a tcpdump filter expression."""
+
+    def __init__(
+        self,
+        iface: str | None = None,
+        filter_expr: str | None = None,
+        *,
+        snaplen: int = 262144,
+        local_addrs: Iterable[bytes] | None = None,
+        timeouts: Timeouts | None = None,
+        tcp_connections_only: bool = False,
+        poll_interval: float = 0.2,
+    ) -> None:
+        from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
+        from netwarden.hostaddrs import local_addresses
+
+        self.ring = RingCapture(iface, filter_expr=filter_expr, snaplen=snaplen)
+        super().__init__(
+            Source.SNIFF,
+            local_addrs=local_addresses() if local_addrs is None else local_addrs,
+            timeouts=timeouts,
+            tcp_connections_only=tcp_connections_only,
+            iface_name=self.ring.ifname,
+        )
+        self.iface = iface
+        self.poll_interval = poll_interval
+
+    def fileno(self) -> int:
+        return self.ring.fileno()
+
+    def __iter__(self) -> Iterator[Event]:
+        pending = self._pending
+        feed = self.counter.feed
+        expire = self.table.expire
+        for batch in self.ring.batches(self.poll_interval):
+            if batch:
+                feed(batch)
+            expire(time.time())
+            while pending:
+                yield pending.popleft()
+            if self._stopping:
+                break
+        self.table.close(time.time())
+        while pending:
+            yield pending.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self.ring.stop()
+
+    def kernel_stats(self) -> tuple[int, int]:
+        """(packets captured, packets dropped by the kernel) so far."""
+        return self.ring.stats()
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+class ReplaySource(_EventSource):
+    """The same pipeline over a pcap or pcapng file; time is the packets' time."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        filter_expr: str | None = None,
+        *,
+        local_addrs: Iterable[bytes] = (),
+        timeouts: Timeouts | None = None,
+        tcp_connections_only: bool = False,
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        from netwarden.wire.pcapfile import open_capture
+
+        matcher = None
+        if filter_expr:
+            from netwarden.capture.bpf_filter import compile_filter
+
+            def matcher(linktype: int) -> Callable[[bytes | memoryview, int], bool]:
+                return compile_filter(filter_expr, linktype).matches
+
+        self.reader = open_capture(os.fspath(path))
+        super().__init__(
+            Source.REPLAY,
+            local_addrs=local_addrs,
+            timeouts=timeouts,
+            tcp_connections_only=tcp_connections_only,
+            matcher=matcher,
+        )
+        self.path = os.fspath(path)
+        self.progress = progress
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[Event]:
+        from netwarden.wire.pcapfile import CaptureFileError
+
+        pending = self._pending
+        feed = self.counter.feed
+        table = self.table
+        reader = self.reader
+        chunk: list[Any] = []
+        last_ts = 0.0
+        try:
+            for ts, linktype, data, wirelen, ifindex in reader:
+                chunk.append((ts, data, wirelen, linktype, ifindex, 1))
+                if len(chunk) >= REPLAY_CHUNK:
+                    last_ts = ts
+                    feed(chunk)
+                    chunk.clear()
+                    table.expire(ts)
+                    if self.progress is not None:
+                        self.progress(reader.offset, reader.size, self.counter.captured)
+                    while pending:
+                        yield pending.popleft()
+                    if self._stopping:
+                        break
+        except CaptureFileError as exc:
+            self.error = exc
+        if chunk:
+            last_ts = chunk[-1][0]
+            feed(chunk)
+            chunk.clear()
+        if self.progress is not None:
+            self.progress(reader.size, reader.size, self.counter.captured)
+        table.expire(last_ts)
+        table.close()
+        while pending:
+            yield pending.popleft()
+
+    def close(self) -> None:
+        self.reader.close()

@@ -1,0 +1,408 @@
+"""The flow table: packets in, ``new`` and ``end`` events out.
+
+Pure: no I/O, the clock is an argument. A flow is a direction-independent 5-tuple (for ICMP
+the addresses plus the echo identifier or the message type); its initiator is the sender of
+the first packet seen, except that a TCP SYN+ACK seen first makes its receiver the initiator.
+Per direction it counts IP-layer bytes and packets.
+
+A flow ends
+
+- TCP: after a RST, or after a FIN from each side, once ``close_linger`` seconds have passed
+  (so the last ACKs still count); a new SYN on a closing flow ends it at once;
+- any protocol: when idle longer than its timeout (conntrack's defaults, see
+  :class:`Timeouts`);
+- when the table is full (``max_flows``): the least recently active flow is evicted, with an
+  ``end`` event, and counted in ``evicted``;
+- on :meth:`FlowTable.close` (end of a replay, a clean stop): every flow still open.
+
+Hot path: :meth:`FlowTable.packet` takes the decoder's plain tuple. Keys are tuples of
+bytes and ints; ``ipaddress`` objects and text are made only when an event is emitted.
+Flows are kept in one dict per timeout class, each ordered by last activity, so expiry
+looks only at the oldest entries of each class.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from netwarden.events import Direction, Event, EventType, Proto, Source
+from netwarden.wire.packet import (
+    F_AUX,
+    F_DPORT,
+    F_DST,
+    F_FAMILY,
+    F_FLAGS,
+    F_FRAG,
+    F_FRAGID,
+    F_LEN,
+    F_PROTO,
+    F_SPORT,
+    F_SRC,
+)
+
+_FIN = 0x01
+_SYN = 0x02
+_RST = 0x04
+_ACK = 0x10
+
+_TCP = 6
+_UDP = 17
+
+# Timeout classes: the index of the queue a flow sits in.
+_Q_TCP_OPEN = 0  # SYN seen, no reply yet (or picked up mid-stream, one direction only)
+_Q_TCP_EST = 1  # both directions seen
+_Q_CLOSING = 2  # RST or FIN both ways: ends after close_linger
+_Q_UDP = 3  # one direction only
+_Q_UDP_STREAM = 4  # both directions seen
+_Q_ICMP = 5
+_Q_OTHER = 6
+_NQ = 7
+
+_MAX_FRAGS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Idle timeouts in seconds, conntrack's defaults (nf_conntrack_*_timeout_*)."""
+
+    tcp_open: float = 120.0  # tcp_timeout_syn_sent
+    tcp_established: float = 432000.0  # tcp_timeout_established (5 days)
+    close_linger: float = 2.0  # after RST / FIN both ways, for the last ACKs
+    udp: float = 30.0  # udp_timeout
+    udp_stream: float = 120.0  # udp_timeout_stream
+    icmp: float = 30.0  # icmp_timeout
+    other: float = 600.0  # generic_timeout
+
+    def by_queue(self) -> tuple[float, ...]:
+        return (
+            self.tcp_open,
+            self.tcp_established,
+            self.close_linger,
+            self.udp,
+            self.udp_stream,
+            self.icmp,
+            self.other,
+        )
+
+
+class Flow:
+    """One flow's state. Mutable, internal to the table."""
+
+    __slots__ = (
+        "aux",
+        "closing",
+        "dport",
+        "dst",
+        "family",
+        "fins",
+        "first",
+        "id",
+        "iface",
+        "key",
+        "last",
+        "obytes",
+        "opkts",
+        "proto",
+        "q",
+        "rbytes",
+        "rpkts",
+        "sport",
+        "src",
+        "syn",
+    )
+
+    def __init__(
+        self,
+        key: tuple[object, ...],
+        fid: str,
+        family: int,
+        proto: int,
+        src: bytes,
+        sport: int | None,
+        dst: bytes,
+        dport: int | None,
+        aux: int | None,
+        now: float,
+        iface: str | None,
+        q: int,
+    ) -> None:
+        self.key = key
+        self.id = fid
+        self.family = family
+        self.proto = proto
+        self.src = src
+        self.sport = sport
+        self.dst = dst
+        self.dport = dport
+        self.aux = aux
+        self.first = now
+        self.last = now
+        self.opkts = 0
+        self.obytes = 0
+        self.rpkts = 0
+        self.rbytes = 0
+        self.closing = 0.0
+        self.fins = 0  # bit 1: initiator sent FIN, bit 2: responder did
+        self.syn = False  # began with a SYN (a real new TCP connection)
+        self.iface = iface
+        self.q = q
+
+
+def _addr(b: bytes) -> IPv4Address | IPv6Address:
+    return IPv4Address(b) if len(b) == 4 else IPv6Address(b)
+
+
+class FlowTable:
+    """Tracks flows from decoded packets and emits ``new``/``end`` events to ``emit``.
+
+    ``local_addrs`` (addresses as packed bytes) decide each flow's direction; with none,
+    every flow is ``transit``. ``iface_name`` maps a packet's interface index to a name.
+    ``tcp_connections_only`` keeps the events of TCP flows that began with a SYN (ptrap's and
+    tcptracker's "new TCP connections"); the others are still tracked and counted.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        *,
+        source: Source = Source.SNIFF,
+        local_addrs: Iterable[bytes] = (),
+        timeouts: Timeouts | None = None,
+        max_flows: int = 262144,
+        id_prefix: str | None = None,
+        iface_name: Callable[[int], str | None] | None = None,
+        emit_new: bool = True,
+        tcp_connections_only: bool = False,
+    ) -> None:
+        self._emit = emit
+        self.source = source
+        self.local_addrs: frozenset[bytes] = frozenset(local_addrs)
+        self.timeouts = timeouts or Timeouts()
+        self._tmo = self.timeouts.by_queue()
+        self.max_flows = max(1, max_flows)
+        self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(3)
+        self._seq = 0
+        self._iface_name = iface_name
+        self._emit_new = emit_new
+        self._syn_only = tcp_connections_only
+        self.flows: dict[tuple[object, ...], Flow] = {}
+        self._queues: list[dict[tuple[object, ...], Flow]] = [{} for _ in range(_NQ)]
+        self._frags: dict[tuple[object, ...], tuple[object, ...]] = {}
+        # counters
+        self.packets = 0
+        self.bytes = 0
+        self.flows_total = 0
+        self.evicted = 0
+        self.proto_packets: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ hot path
+    def packet(
+        self, ts: float, p: tuple[object, ...], ifindex: int = 0, segs: int = 1, extra: int = 0
+    ) -> None:
+        """Account one decoded packet (the decoder's tuple) seen at ``ts``.
+
+        ``segs`` > 1 marks an offloaded (GSO/GRO) super-packet of that many segments: it counts
+        as that many packets, and ``extra`` bytes (the IP and transport headers of the segments
+        after the first) are added to its IP length, so bytes count as on the wire.
+        """
+        proto: int = p[F_PROTO]  # type: ignore[assignment]
+        src: bytes = p[F_SRC]  # type: ignore[assignment]
+        dst: bytes = p[F_DST]  # type: ignore[assignment]
+        sport: int | None = p[F_SPORT]  # type: ignore[assignment]
+        dport: int | None = p[F_DPORT]  # type: ignore[assignment]
+        aux = p[F_AUX]
+        nbytes: int = p[F_LEN] + extra  # type: ignore[operator]
+        frag = p[F_FRAG]
+        if frag:
+            fkey = (src, dst, proto, p[F_FRAGID])
+            if frag == 1:
+                frags = self._frags
+                if len(frags) >= _MAX_FRAGS:
+                    del frags[next(iter(frags))]
+                frags[fkey] = (sport, dport, aux)
+            else:
+                known = self._frags.get(fkey)
+                if known is not None:
+                    sport, dport, aux = known  # type: ignore[assignment]
+        self.packets += segs
+        self.bytes += nbytes
+        pp = self.proto_packets
+        pp[proto] = pp.get(proto, 0) + segs
+
+        if src < dst or (src == dst and (sport or 0) <= (dport or 0)):
+            key = (proto, src, sport, dst, dport, aux)
+        else:
+            key = (proto, dst, dport, src, sport, aux)
+        f = self.flows.get(key)
+        flags: int = p[F_FLAGS] if proto == _TCP else 0  # type: ignore[assignment]
+        if f is not None and f.closing and flags & (_SYN | _ACK) == _SYN:
+            # a new connection on a closing flow's tuple: the old one ends now
+            self._end(f, ts)
+            f = None
+        if f is None:
+            f = self._new_flow(key, p, src, sport, dst, dport, aux, flags, ts, ifindex)
+            new = True
+        else:
+            new = False
+            q = self._queues[f.q]
+            del q[key]
+            q[key] = f
+        f.last = ts
+        if src == f.src and sport == f.sport:
+            f.opkts += segs
+            f.obytes += nbytes
+            orig = True
+        else:
+            f.rpkts += segs
+            f.rbytes += nbytes
+            orig = False
+            qi = f.q
+            if qi in (_Q_TCP_OPEN, _Q_UDP):
+                self._move(f, _Q_TCP_EST if qi == _Q_TCP_OPEN else _Q_UDP_STREAM)
+        if flags & (_FIN | _RST) and not f.closing:
+            if flags & _RST:
+                self._closing(f, ts)
+            else:
+                f.fins |= 1 if orig else 2
+                if f.fins == 3:
+                    self._closing(f, ts)
+        if new and self._emit_new and (f.syn or not self._syn_only):
+            self._emit(self._event(f, EventType.NEW))
+
+    def _new_flow(
+        self,
+        key: tuple[object, ...],
+        p: tuple[object, ...],
+        src: bytes,
+        sport: int | None,
+        dst: bytes,
+        dport: int | None,
+        aux: object,
+        flags: int,
+        ts: float,
+        ifindex: int,
+    ) -> Flow:
+        if len(self.flows) >= self.max_flows:
+            self._evict_one(ts)
+        proto: int = p[F_PROTO]  # type: ignore[assignment]
+        if proto == _TCP:
+            q = _Q_TCP_OPEN
+            if flags & (_SYN | _ACK) == _SYN | _ACK:
+                # the SYN was missed: the receiver of the SYN+ACK initiated
+                src, sport, dst, dport = dst, dport, src, sport
+        elif proto == _UDP or proto == 136:  # UDP, UDP-Lite
+            q = _Q_UDP
+        elif proto == 1 or proto == 58:
+            q = _Q_ICMP
+        else:
+            q = _Q_OTHER
+        self._seq += 1
+        iface = self._iface_name(ifindex) if self._iface_name is not None else None
+        f = Flow(
+            key,
+            f"{self._prefix}-{self._seq:x}",
+            p[F_FAMILY],  # type: ignore[arg-type]
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            aux,  # type: ignore[arg-type]
+            ts,
+            iface,
+            q,
+        )
+        f.syn = proto == _TCP and flags & (_SYN | _ACK) == _SYN
+        self.flows[key] = f
+        self._queues[q][key] = f
+        self.flows_total += 1
+        return f
+
+    # ------------------------------------------------------------------ state changes
+    def _move(self, f: Flow, q: int) -> None:
+        del self._queues[f.q][f.key]
+        f.q = q
+        self._queues[q][f.key] = f
+
+    def _closing(self, f: Flow, ts: float) -> None:
+        f.closing = ts
+        self._move(f, _Q_CLOSING)
+
+    def _end(self, f: Flow, now: float) -> None:
+        del self.flows[f.key]
+        del self._queues[f.q][f.key]
+        if f.syn or not self._syn_only:
+            self._emit(self._event(f, EventType.END))
+
+    def _evict_one(self, now: float) -> None:
+        oldest: Flow | None = None
+        for q in self._queues:
+            if q:
+                f = next(iter(q.values()))
+                if oldest is None or f.last < oldest.last:
+                    oldest = f
+        if oldest is not None:
+            self.evicted += 1
+            self._end(oldest, now)
+
+    def expire(self, now: float) -> int:
+        """End the flows idle past their timeout (and closing ones past the linger).
+
+        Call it regularly (once per batch is fine): it looks only at the oldest entries.
+        Returns how many flows ended.
+        """
+        ended = 0
+        for qi, q in enumerate(self._queues):
+            limit = now - self._tmo[qi]
+            while q:
+                f = next(iter(q.values()))
+                t = f.closing if qi == _Q_CLOSING else f.last
+                if t > limit:
+                    break
+                self._end(f, now)
+                ended += 1
+        return ended
+
+    def close(self, now: float | None = None) -> None:
+        """End every open flow (oldest first): the end of a replay or a clean stop."""
+        for f in sorted(self.flows.values(), key=lambda f: f.first):
+            self._end(f, f.last if now is None else now)
+
+    # ------------------------------------------------------------------ events
+    def direction(self, f: Flow) -> Direction:
+        local = self.local_addrs
+        s = f.src in local or (f.src[:1] == b"\x7f" and len(f.src) == 4)
+        d = f.dst in local or (f.dst[:1] == b"\x7f" and len(f.dst) == 4)
+        if s and d:
+            return Direction.LOCAL
+        if s:
+            return Direction.OUT
+        if d:
+            return Direction.IN
+        return Direction.TRANSIT
+
+    def _event(self, f: Flow, kind: EventType) -> Event:
+        end = kind is EventType.END
+        return Event(
+            ts=f.last if end else f.first,
+            event=kind,
+            proto=Proto.from_number(f.proto),
+            ipproto=f.proto,
+            family=f.family,
+            src=_addr(f.src),
+            dst=_addr(f.dst),
+            sport=f.sport,
+            dport=f.dport,
+            flow=f.id,
+            direction=self.direction(f),
+            orig_bytes=f.obytes,
+            resp_bytes=f.rbytes,
+            orig_pkts=f.opkts,
+            resp_pkts=f.rpkts,
+            duration=(f.last - f.first) if end else None,
+            iface=f.iface,
+            source=self.source,
+        )

@@ -1,0 +1,186 @@
+"""The flow table, fed decoder-shaped tuples (no packets needed)."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import pytest
+
+from netwarden.events import Direction, Event, EventType
+from netwarden.stats.flows import FlowTable, Timeouts
+
+A = ip_address("192.0.2.1").packed
+B = ip_address("198.51.100.7").packed
+C = ip_address("203.0.113.9").packed
+A6 = ip_address("2001:db8::1").packed
+B6 = ip_address("2001:db8::2").packed
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def pkt(
+    src: bytes,
+    dst: bytes,
+    sport: int | None,
+    dport: int | None,
+    proto: int = 6,
+    length: int = 60,
+    flags: int = ACK,
+    frag: int = 0,
+    fragid: int = 0,
+    aux: int | None = None,
+) -> tuple[object, ...]:
+    family = 4 if len(src) == 4 else 6
+    return (family, proto, src, dst, sport, dport, length, flags, frag, fragid, aux, 0)
+
+
+def table(**kw: object) -> tuple[FlowTable, list[Event]]:
+    out: list[Event] = []
+    t = FlowTable(out.append, id_prefix="t", **kw)  # type: ignore[arg-type]
+    return t, out
+
+
+def test_tcp_connection_new_end_counts() -> None:
+    t, out = table(local_addrs=[A])
+    t.packet(1.0, pkt(A, B, 40000, 80, flags=SYN, length=60))
+    t.packet(1.1, pkt(B, A, 80, 40000, flags=SYN | ACK, length=60))
+    t.packet(1.2, pkt(A, B, 40000, 80, flags=ACK, length=52))
+    t.packet(1.3, pkt(A, B, 40000, 80, flags=ACK, length=152))
+    t.packet(1.4, pkt(B, A, 80, 40000, flags=FIN | ACK, length=52))
+    t.packet(1.5, pkt(A, B, 40000, 80, flags=FIN | ACK, length=52))
+    t.packet(1.6, pkt(B, A, 80, 40000, flags=ACK, length=52))
+    assert [e.event for e in out] == [EventType.NEW]
+    new = out[0]
+    assert (str(new.src), new.sport, str(new.dst), new.dport) == (
+        "192.0.2.1",
+        40000,
+        "198.51.100.7",
+        80,
+    )
+    assert new.direction is Direction.OUT
+    assert new.orig_pkts == 1 and new.orig_bytes == 60 and new.resp_pkts == 0
+    t.expire(2.0)  # linger (2 s) not over yet
+    assert len(out) == 1
+    t.expire(3.6)
+    assert [e.event for e in out] == [EventType.NEW, EventType.END]
+    end = out[1]
+    assert end.flow == new.flow
+    assert (end.orig_pkts, end.orig_bytes, end.resp_pkts, end.resp_bytes) == (4, 316, 3, 164)
+    assert end.duration == pytest.approx(0.6)
+    assert end.ts == 1.6
+
+
+def test_rst_ends_and_new_syn_on_closing_tuple_starts_new_flow() -> None:
+    t, out = table()
+    t.packet(1.0, pkt(A, B, 1, 2, flags=SYN))
+    t.packet(1.1, pkt(B, A, 2, 1, flags=RST | ACK))
+    t.packet(1.2, pkt(A, B, 1, 2, flags=SYN))
+    kinds = [(e.event, e.flow) for e in out]
+    assert kinds == [(EventType.NEW, "t-1"), (EventType.END, "t-1"), (EventType.NEW, "t-2")]
+    assert out[1].resp_pkts == 1
+
+
+def test_synack_first_makes_its_receiver_the_initiator() -> None:
+    t, out = table(local_addrs=[B])
+    t.packet(5.0, pkt(B, A, 443, 5555, flags=SYN | ACK))
+    e = out[0]
+    assert (str(e.src), e.sport, e.dport) == ("192.0.2.1", 5555, 443)
+    assert e.direction is Direction.IN
+    assert e.resp_pkts == 1 and e.orig_pkts == 0
+
+
+def test_udp_idle_timeouts_one_way_and_stream() -> None:
+    t, out = table(timeouts=Timeouts(udp=30, udp_stream=120))
+    t.packet(0.0, pkt(A, B, 5000, 53, proto=17))
+    t.packet(0.0, pkt(A, C, 5001, 53, proto=17))
+    t.packet(0.5, pkt(C, A, 53, 5001, proto=17))  # answered: a stream
+    t.expire(29.0)
+    assert [e.event for e in out] == [EventType.NEW, EventType.NEW]
+    t.expire(31.0)
+    assert out[-1].event is EventType.END and str(out[-1].dst) == "198.51.100.7"
+    t.expire(100.0)
+    assert len(out) == 3
+    t.expire(121.0)
+    assert out[-1].event is EventType.END and str(out[-1].dst) == "203.0.113.9"
+
+
+def test_icmp_echo_keyed_by_identifier_and_other_by_type() -> None:
+    t, out = table()
+    t.packet(0, pkt(A, B, None, None, proto=1, aux=77))
+    t.packet(0, pkt(B, A, None, None, proto=1, aux=77))  # the reply
+    t.packet(0, pkt(A, B, None, None, proto=1, aux=78))  # another ping process
+    t.packet(0, pkt(B, A, None, None, proto=1, aux=0x10003))  # unreachable
+    t.close()
+    ends = [e for e in out if e.event is EventType.END]
+    assert len(ends) == 3
+    echo = next(e for e in ends if e.orig_pkts == 1 and e.resp_pkts == 1)
+    assert echo.sport is None and echo.dport is None
+
+
+def test_fragments_follow_their_first_fragment_else_null_ports() -> None:
+    t, out = table()
+    t.packet(0, pkt(A, B, 7000, 7001, proto=17, length=1500, frag=1, fragid=9))
+    t.packet(0, pkt(A, B, None, None, proto=17, length=500, frag=2, fragid=9))
+    t.packet(0, pkt(A, B, None, None, proto=17, length=300, frag=2, fragid=10))
+    t.close()
+    ends = {(e.sport, e.dport): e for e in out if e.event is EventType.END}
+    assert ends[(7000, 7001)].orig_bytes == 2000 and ends[(7000, 7001)].orig_pkts == 2
+    assert ends[(None, None)].orig_bytes == 300
+
+
+def test_lru_eviction_emits_end_and_counts() -> None:
+    t, out = table(max_flows=2)
+    t.packet(1, pkt(A, B, 1, 1, proto=17))
+    t.packet(2, pkt(A, B, 2, 2, proto=17))
+    t.packet(3, pkt(A, B, 1, 1, proto=17))  # flow 1 is now the most recent
+    t.packet(4, pkt(A, B, 3, 3, proto=17))
+    assert t.evicted == 1
+    ends = [e for e in out if e.event is EventType.END]
+    assert [e.sport for e in ends] == [2]
+    assert len(t.flows) == 2
+
+
+def test_directions_and_ipv6() -> None:
+    t, out = table(local_addrs=[A, A6])
+    t.packet(0, pkt(A6, B6, 1, 2, flags=SYN))
+    t.packet(0, pkt(B6, A6, 3, 4, flags=SYN))
+    t.packet(0, pkt(B, C, 5, 6, flags=SYN))
+    t.packet(0, pkt(A, A, 7, 8, flags=SYN))
+    t.packet(0, pkt(ip_address("127.0.0.5").packed, ip_address("127.0.0.1").packed, 9, 9, proto=17))
+    dirs = [e.direction for e in out]
+    assert dirs == [
+        Direction.OUT,
+        Direction.IN,
+        Direction.TRANSIT,
+        Direction.LOCAL,
+        Direction.LOCAL,
+    ]
+    assert out[0].family == 6 and str(out[0].src) == "2001:db8::1"
+
+
+def test_tcp_connections_only_hides_midstream_and_udp() -> None:
+    t, out = table(tcp_connections_only=True)
+    t.packet(0, pkt(A, B, 1, 2, flags=ACK))  # picked up mid-stream
+    t.packet(0, pkt(A, B, 3, 4, proto=17))
+    t.packet(0, pkt(A, B, 5, 6, flags=SYN))
+    t.close()
+    assert [(e.event, e.sport) for e in out] == [(EventType.NEW, 5), (EventType.END, 5)]
+    assert t.flows_total == 3
+
+
+def test_gso_segments_count_packets_and_headers() -> None:
+    t, out = table()
+    t.packet(0, pkt(A, B, 1, 2, flags=SYN, length=2960), segs=2, extra=52)
+    t.close()
+    end = out[-1]
+    assert end.orig_pkts == 2 and end.orig_bytes == 3012
+
+
+def test_event_json_roundtrip() -> None:
+    t, out = table()
+    t.packet(0.25, pkt(A, B, 1, 2, flags=SYN))
+    e = out[0]
+    assert Event.from_dict(e.to_dict()) == e
+    d = e.to_dict()
+    assert d["src"] == "192.0.2.1" and d["proto"] == "tcp" and d["pid"] is None
+    assert d["source"] == "sniff" and d["attribution"] == "none"
