@@ -345,13 +345,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.progress == "auto" and sys.stderr.isatty() and size > 8 * 1024 * 1024
     ):
         progress = _Progress(sys.stderr)
-    src = ReplaySource(
-        args.file,
-        _filter_text(args.filter),
-        local_addrs=local,
-        tcp_connections_only=args.tcp_connects,
-        progress=progress,
-    )
+    from netwarden.wire.pcapfile import CaptureFileError
+
+    try:
+        src = ReplaySource(
+            args.file,
+            _filter_text(args.filter),
+            local_addrs=local,
+            tcp_connections_only=args.tcp_connects,
+            progress=progress,
+        )
+    except CaptureFileError as exc:
+        raise UsageError(str(exc)) from None
     _install_stop(src.stop)
     try:
         _emit_loop(src, printer, args.count)
