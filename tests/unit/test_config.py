@@ -69,7 +69,7 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_file_and_bad_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load(file=str(tmp_path / "none.toml"), env={})
-    with pytest.raises(ConfigError, match="environment NETWARDEN_.*scan_window"):
+    with pytest.raises(ConfigError, match=r"environment NETWARDEN_.*scan_window"):
         load(file=None, env={"NETWARDEN_SCAN_WINDOW": "soon"})
 
 
