@@ -1,0 +1,196 @@
+"""Per-remote statistics (Net::Connection::Sniffer's report), pure.
+
+Rows are computed from flow records (event-field dicts, as the store and the JSON API give
+them) and grouped ``by`` ``ip`` (the remote address), ``net`` (its /24 or /64), ``domain``
+(the registrable domain of its first reverse-DNS name), ``process`` (comm) or ``unit``.
+"Remote" is the peer of the local socket: the initiator of an ``in`` flow, else the responder.
+
+Rates are over the time the group has been seen (first to last), at least one minute, so a
+single short connection does not read as thousands per hour.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+GROUPINGS = ("ip", "net", "domain", "process", "unit")
+MIN_RATE_SPAN = 60.0
+
+#: names lookup: address → (names, expiry Unix time or None)
+NameLookup = Callable[[str], tuple[list[str], float | None]]
+
+
+def _no_names(addr: str) -> tuple[list[str], float | None]:
+    return [], None
+
+
+def remote_of(flow: dict[str, Any]) -> str | None:
+    r = flow.get("src") if flow.get("direction") == "in" else flow.get("dst")
+    return None if r is None else str(r)
+
+
+def net_of(addr: str) -> str:
+    ip = ipaddress.ip_address(addr)
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+class DomainOf:
+    """Registrable domain of a host name (Public Suffix List, bundled; no download).
+
+    A name under an unknown suffix groups by its last two labels; a ``:``-prefixed SOA name
+    (an NXDOMAIN answer) groups by that zone's registrable domain.
+    """
+
+    def __init__(self) -> None:
+        from publicsuffixlist import PublicSuffixList
+
+        self._psl = PublicSuffixList(only_icann=True, accept_unknown=False)
+
+    def __call__(self, name: str) -> str:
+        n = name.lstrip(":").rstrip(".").lower()
+        if not n:
+            return name
+        dom = self._psl.privatesuffix(n)
+        if dom:
+            return str(dom)
+        labels = n.split(".")
+        return ".".join(labels[-2:])
+
+
+def _key(
+    flow: dict[str, Any],
+    by: str,
+    remote: str,
+    names: NameLookup,
+    domain_of: Callable[[str], str] | None,
+) -> str:
+    if by == "ip":
+        return remote
+    if by == "net":
+        return net_of(remote)
+    if by == "domain":
+        found, _ = names(remote)
+        if not found or domain_of is None:
+            return remote
+        return domain_of(found[0])
+    if by == "process":
+        return str(flow.get("comm") or "(unknown)")
+    if by == "unit":
+        return str(flow.get("unit") or "(none)")
+    raise ValueError(by)
+
+
+def aggregate(
+    flows: Iterable[dict[str, Any]],
+    by: str = "ip",
+    *,
+    names: NameLookup = _no_names,
+    domain_of: Callable[[str], str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per group, most bytes first."""
+    if by not in GROUPINGS:
+        raise ValueError(f"by must be one of {GROUPINGS}")
+    if by == "domain" and domain_of is None:
+        domain_of = DomainOf()
+    groups: dict[str, dict[str, Any]] = {}
+    for f in flows:
+        remote = remote_of(f)
+        if remote is None:
+            continue
+        key = _key(f, by, remote, names, domain_of)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {
+                "key": key,
+                "bytes_in": 0,
+                "bytes_out": 0,
+                "conns": 0,
+                "first": None,
+                "last": None,
+                "_remotes": set(),
+                "_procs": {},
+            }
+        inbound = f.get("direction") == "in"
+        ob = int(f.get("orig_bytes") or 0)
+        rb = int(f.get("resp_bytes") or 0)
+        g["bytes_in"] += ob if inbound else rb
+        g["bytes_out"] += rb if inbound else ob
+        g["conns"] += 1
+        ts = float(f.get("ts") or 0.0)
+        dur = float(f.get("duration") or 0.0)
+        first = ts - dur if f.get("event") == "end" else ts
+        g["first"] = first if g["first"] is None else min(g["first"], first)
+        g["last"] = ts if g["last"] is None else max(g["last"], ts)
+        g["_remotes"].add(remote)
+        comm = f.get("comm")
+        if comm:
+            g["_procs"][comm] = g["_procs"].get(comm, 0) + ob + rb
+    rows = []
+    for g in groups.values():
+        names_list: list[str] = []
+        expire: float | None = None
+        for r in sorted(g.pop("_remotes")):
+            found, exp = names(r)
+            for n in found:
+                if n not in names_list:
+                    names_list.append(n)
+            if exp is not None:
+                expire = exp if expire is None else min(expire, exp)
+        procs = g.pop("_procs")
+        g["names"] = names_list
+        g["names_expire"] = expire
+        g["processes"] = [p for p, _ in sorted(procs.items(), key=lambda kv: (-kv[1], kv[0]))]
+        rows.append(_finish(g))
+    rows.sort(key=lambda r: (-r["bytes"], r["key"]))
+    return rows
+
+
+def _finish(g: dict[str, Any]) -> dict[str, Any]:
+    g["bytes"] = g["bytes_in"] + g["bytes_out"]
+    span = max((g["last"] or 0.0) - (g["first"] or 0.0), MIN_RATE_SPAN)
+    g["conns_per_hour"] = round(g["conns"] * 3600.0 / span, 3)
+    g["bytes_per_hour"] = round(g["bytes"] * 3600.0 / span, 3)
+    order = (
+        "key", "bytes", "bytes_in", "bytes_out", "conns", "first", "last",
+        "conns_per_hour", "bytes_per_hour", "names", "names_expire", "processes",
+    )  # fmt: skip
+    return {k: g[k] for k in order} | {k: v for k, v in g.items() if k not in order}
+
+
+def merge(reports: Sequence[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Merge report rows of several hosts by key (Sniffer's coalescing)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for rows in reports:
+        for r in rows:
+            g = groups.get(r["key"])
+            if g is None:
+                groups[r["key"]] = g = {
+                    "key": r["key"], "bytes_in": 0, "bytes_out": 0, "conns": 0,
+                    "first": None, "last": None, "names": [], "names_expire": None,
+                    "processes": [], "hosts": 0,
+                }  # fmt: skip
+            g["bytes_in"] += int(r.get("bytes_in") or 0)
+            g["bytes_out"] += int(r.get("bytes_out") or 0)
+            g["conns"] += int(r.get("conns") or 0)
+            for k, pick in (("first", min), ("last", max)):
+                v = r.get(k)
+                if v is not None:
+                    g[k] = v if g[k] is None else pick(g[k], v)
+            for n in r.get("names") or []:
+                if n not in g["names"]:
+                    g["names"].append(n)
+            exp = r.get("names_expire")
+            if exp is not None:
+                g["names_expire"] = (
+                    exp if g["names_expire"] is None else min(g["names_expire"], exp)
+                )
+            for p in r.get("processes") or []:
+                if p not in g["processes"]:
+                    g["processes"].append(p)
+            g["hosts"] += 1
+    rows = [_finish(g) for g in groups.values()]
+    rows.sort(key=lambda r: (-r["bytes"], r["key"]))
+    return rows
