@@ -184,3 +184,15 @@ def test_event_json_roundtrip() -> None:
     d = e.to_dict()
     assert d["src"] == "192.0.2.1" and d["proto"] == "tcp" and d["pid"] is None
     assert d["source"] == "sniff" and d["attribution"] == "none"
+
+
+def test_active_since_snapshots_recent_open_flows() -> None:
+    t, out = table()
+    t.packet(1.0, pkt(A, B, 1, 2, proto=17))
+    t.packet(5.0, pkt(A, C, 3, 4, proto=17))
+    t.packet(6.0, pkt(A, C, 3, 4, proto=17, length=100))
+    snaps = t.active_since(4.0)
+    assert [(e.sport, e.orig_pkts, e.orig_bytes, e.event, e.duration) for e in snaps] == [
+        (3, 2, 160, EventType.NEW, 1.0)
+    ]
+    assert snaps[0].flow == out[1].flow

@@ -366,6 +366,20 @@ class FlowTable:
                 ended += 1
         return ended
 
+    def active_since(self, since: float) -> list[Event]:
+        """Snapshots of the open flows active since ``since``: ``new`` events with the counters
+        and duration so far (keeps the store fresh for long flows). Looks only at the recent
+        end of each queue."""
+        out = []
+        for q in self._queues:
+            for key in reversed(q):
+                f = q[key]
+                if f.last < since:
+                    break
+                if f.syn or not self._syn_only:
+                    out.append(self._event(f, EventType.NEW, snapshot=True))
+        return out
+
     def close(self, now: float | None = None) -> None:
         """End every open flow (oldest first): the end of a replay or a clean stop."""
         for f in sorted(self.flows.values(), key=lambda f: f.first):
@@ -384,7 +398,8 @@ class FlowTable:
             return Direction.IN
         return Direction.TRANSIT
 
-    def _event(self, f: Flow, kind: EventType) -> Event:
+    def _event(self, f: Flow, kind: EventType, snapshot: bool = False) -> Event:
+        """The event of a flow; a snapshot is a ``new`` with the duration so far."""
         end = kind is EventType.END
         return Event(
             ts=f.last if end else f.first,
@@ -402,7 +417,7 @@ class FlowTable:
             resp_bytes=f.rbytes,
             orig_pkts=f.opkts,
             resp_pkts=f.rpkts,
-            duration=(f.last - f.first) if end else None,
+            duration=(f.last - f.first) if end or snapshot else None,
             iface=f.iface,
             source=self.source,
         )

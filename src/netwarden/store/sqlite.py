@@ -81,10 +81,15 @@ def remote_side(e: Event) -> tuple[str | None, bytes | None]:
 def _flow_row(e: Event) -> tuple[Any, ...]:
     d = e.to_dict()
     remote, remote_bin = remote_side(e)
-    first = e.ts if e.event is EventType.NEW else e.ts - (e.duration or 0.0)
+    # a new event's ts is the flow's first packet (a snapshot carries the duration so far);
+    # an end event's ts is its last packet
+    if e.event is EventType.NEW:
+        first, last = e.ts, e.ts + (e.duration or 0.0)
+    else:
+        first, last = e.ts - (e.duration or 0.0), e.ts
     d.update(
         first=first,
-        last=e.ts,
+        last=last,
         remote=remote,
         remote_bin=remote_bin,
         ended=1 if e.event is EventType.END else 0,
