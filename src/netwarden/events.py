@@ -98,6 +98,11 @@ class ScanInfo:
     window: float = 0.0
     until: float | None = None
     allowed: bool = False
+    #: attempts (new flows and probes) this record covers: those that triggered the detection,
+    #: or, for a summary, those seen since the previous one
+    probes: int = 0
+    #: a periodic summary of a scanner already reported, not a new detection
+    summary: bool = False
 
 
 _NO_PROCESS = ProcessInfo()
@@ -115,7 +120,7 @@ PROCESS_FIELDS: tuple[str, ...] = (
     "pid", "ppid", "uid", "gid", "user", "comm", "exe", "cmdline", "unit", "container",
 )  # fmt: skip
 SCAN_FIELDS: tuple[str, ...] = (
-    "scanner", "kind", "ports", "targets", "window", "until", "allowed",
+    "scanner", "kind", "ports", "targets", "window", "until", "allowed", "probes", "summary",
 )  # fmt: skip
 
 
@@ -204,6 +209,8 @@ class Event:
             d["window"] = s.window
             d["until"] = s.until
             d["allowed"] = s.allowed
+            d["probes"] = s.probes
+            d["summary"] = s.summary
         return d
 
     def to_json(self) -> str:
@@ -228,6 +235,8 @@ class Event:
                 window=float(d.get("window") or 0.0),
                 until=d.get("until"),
                 allowed=bool(d.get("allowed", False)),
+                probes=int(d.get("probes") or 0),
+                summary=bool(d.get("summary", False)),
             )
         return cls(
             ts=float(d["ts"]),
