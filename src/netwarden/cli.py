@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -38,8 +39,25 @@ examples:
 
 EPILOG_RUN = """\
 examples:
-  netwarden run                            watch all interfaces, print new connections
+  netwarden run                            watch this host; dashboard on http://127.0.0.1:9750/
+  netwarden run --detach                   in the background; `netwarden stop` ends it
   netwarden run --json --jsonl /var/log/netwarden.jsonl
+  netwarden run --scan-ports 10 --scan-window 30s --allow 10.0.0.0/8
+"""
+
+EPILOG_QUERY = """\
+examples:
+  netwarden query --since 1h --dst 192.0.2.0/24
+  netwarden query --comm curl --port 443 --json
+  netwarden query --since 2026-11-22T08:00 --until 2026-11-22T09:00 --unit nginx.service
+"""
+
+EPILOG_REPORT = """\
+examples:
+  netwarden report                         per remote address, most bytes first
+  netwarden report --by net --since 1d     by /24 and /64
+  netwarden report --by domain --html report.html
+  netwarden report --from http://10.0.0.2:9750 --from http://10.0.0.3:9750 --local-too
 """
 
 
@@ -91,15 +109,76 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_capture_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
-        default="auto",
         choices=("auto", "ebpf", "conntrack", "sniff"),
-        help="capture backend (this version: sniff)",
+        help="capture backend (default auto: ebpf, then conntrack, then sniff)",
     )
     p.add_argument("-i", "--iface", metavar="IFACE", help="interface (default: all)")
     p.add_argument(
         "--snaplen", type=int, default=262144, metavar="N", help="bytes kept of each packet"
     )
     p.add_argument("filter", nargs="*", help="a tcpdump filter expression")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("daemon (each is also a config key and a NETWARDEN_* variable)")
+    g.add_argument(
+        "--scan-ports",
+        type=int,
+        metavar="N",
+        help="more than N distinct ports of one host in the window is a port scan (3)",
+    )
+    g.add_argument(
+        "--scan-hosts",
+        type=int,
+        metavar="N",
+        help="more than N hosts on one port in the window is a sweep (25)",
+    )
+    g.add_argument("--scan-window", metavar="DURATION", help="the sliding window (60s)")
+    g.add_argument("--block", action="store_const", const=True, help="block detected scanners")
+    g.add_argument(
+        "--block-for", metavar="DURATION", help="how long a block lasts (1h; 0 = until unblocked)"
+    )
+    g.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="never flag or block these sources (repeatable)",
+    )
+    g.add_argument(
+        "--no-allow-self",
+        action="store_const",
+        const=True,
+        help="do not allowlist this host's own addresses",
+    )
+    g.add_argument(
+        "--listen", metavar="ADDR:PORT", help="dashboard, API, /metrics (127.0.0.1:9750)"
+    )
+    g.add_argument("--token-file", metavar="FILE", help="API token (or NETWARDEN_TOKEN)")
+    g.add_argument("--jsonl", metavar="FILE", help="also append every event to FILE as JSON")
+    g.add_argument("--exec", metavar="CMD", help="run CMD for each scan/block/unblock event")
+    g.add_argument(
+        "--all-netns",
+        action="store_const",
+        const=True,
+        help="every network namespace of the host (ebpf backend)",
+    )
+    g.add_argument(
+        "--detach", action="store_true", help="go to the background (pidfile in the state dir)"
+    )
+
+
+def _add_query_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters")
+    g.add_argument("--since", metavar="TIME", help="Unix seconds, ISO 8601, or a duration ago (1h)")
+    g.add_argument("--until", metavar="TIME", help="same forms as --since")
+    g.add_argument("--src", metavar="IP|CIDR", help="initiator address or network")
+    g.add_argument("--dst", metavar="IP|CIDR", help="responder address or network")
+    g.add_argument("--port", type=int, metavar="PORT", help="either port")
+    g.add_argument("--proto", choices=("tcp", "udp", "icmp", "icmpv6", "sctp", "ip"))
+    g.add_argument("--pid", type=int, metavar="PID")
+    g.add_argument("--comm", metavar="NAME", help="process name")
+    g.add_argument("--exe", metavar="PATH", help="executable path")
+    g.add_argument("--unit", metavar="UNIT", help="systemd unit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,16 +232,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="watch all interfaces and print new connections (the daemon, in the foreground)",
-        description="Watch this host's traffic and report each new connection.",
+        help="the daemon: capture, attribution, detection, store, metrics, dashboard",
+        description="Watch this host's traffic: every flow goes to the audit store "
+        "(query/report), /metrics and the dashboard; new connections are printed.",
         epilog=EPILOG_RUN,
         formatter_class=fmt,
     )
     _add_capture_flags(p)
     _add_output_flags(p)
     _add_common(p)
-    p.add_argument("--jsonl", metavar="FILE", help="also append every event to FILE as JSON")
+    _add_run_flags(p)
     p.set_defaults(func=cmd_run)
+
+    for name, help_text, func in (
+        ("status", "is the daemon running? (exit 0 yes, 1 no)", cmd_status),
+        ("stop", "stop the daemon and wait for it (at most 10 s)", cmd_stop),
+        ("dump", "ask the daemon to write stats.json now, and print it", cmd_dump),
+        ("config", "print the effective configuration (file < environment < flags)", cmd_config),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(p)
+        if name == "config":
+            _add_run_flags(p)
+            p.add_argument("--backend", choices=("auto", "ebpf", "conntrack", "sniff"))
+            p.add_argument("-i", "--iface", metavar="IFACE")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "query",
+        help="search the audit store",
+        description="Flows from the audit store (the daemon's state dir), oldest first.",
+        epilog=EPILOG_QUERY,
+        formatter_class=fmt,
+    )
+    _add_query_flags(p)
+    p.add_argument("--limit", type=int, metavar="N", help="only the N most recent flows")
+    p.add_argument("--json", action="store_true", help="one JSON object per flow and line")
+    p.add_argument("--format", metavar="TEMPLATE", help="a line template with {field} names")
+    p.add_argument("--format-ts", metavar="STRFTIME", default=DEFAULT_TS_FORMAT)
+    _add_common(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser(
+        "report",
+        help="per-remote statistics, grouped by ip, net, domain, process or unit",
+        description="Net::Connection::Sniffer's report over the audit store, or merged from "
+        "other hosts' daemons (--from).",
+        epilog=EPILOG_REPORT,
+        formatter_class=fmt,
+    )
+    p.add_argument("--by", default="ip", choices=("ip", "net", "domain", "process", "unit"))
+    _add_query_flags(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per group and line")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="merge the report of the daemon at URL (repeatable); "
+        "the token comes from --token-file or NETWARDEN_TOKEN",
+    )
+    p.add_argument("--local-too", action="store_true", help="with --from: add this host's rows")
+    p.add_argument("--token-file", metavar="FILE", help="token for --from URLs")
+    p.add_argument("--top", type=int, metavar="N", help="only the N biggest groups")
+    p.add_argument("--no-names", action="store_true", help="no reverse DNS")
+    _add_common(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("version", help="print the version")
     _add_common(p)
@@ -197,6 +334,8 @@ def _filter_text(words: Sequence[str]) -> str | None:
 
 
 def _check_backend(args: argparse.Namespace) -> None:
+    if args.backend is None:
+        args.backend = "auto"
     if args.backend in ("ebpf", "conntrack"):
         from netwarden.errors import MissingCapability
 
@@ -289,8 +428,169 @@ def cmd_sniff(args: argparse.Namespace) -> int:
     return _live(args, None, None)
 
 
+_RUN_KEYS = (
+    "backend",
+    "iface",
+    "scan_ports",
+    "scan_hosts",
+    "scan_window",
+    "block",
+    "block_for",
+    "allow",
+    "no_allow_self",
+    "listen",
+    "token_file",
+    "jsonl",
+    "exec",
+    "all_netns",
+    "state_dir",
+)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from netwarden import config
+
+    flags = {k: getattr(args, k, None) for k in _RUN_KEYS}
+    return config.load(file=args.config, flags=flags)
+
+
+def _token(cfg: Any, token_file: str | None = None) -> str | None:
+    path = token_file or cfg.token_file
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise UsageError(exc.strerror or str(exc), option="--token-file", value=path) from None
+        if not token:
+            raise UsageError("the file is empty", option="--token-file", value=path)
+        return token
+    return os.environ.get("NETWARDEN_TOKEN") or None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    return _live(args, "new", args.jsonl)
+    from netwarden import daemon
+
+    cfg = _config(args)
+    if args.snaplen < 64 or args.snaplen > 262144:
+        raise UsageError(
+            "out of range", option="--snaplen", value=args.snaplen, allowed="64-262144"
+        )
+    printer = _printer(args, sys.stdout, "new")
+    token = _token(cfg)
+
+    def reload() -> Any:
+        return _config(args)
+
+    return daemon.run(
+        cfg,
+        printer=printer,
+        filter_expr=_filter_text(args.filter),
+        detach=args.detach,
+        token=token,
+        reload=reload,
+    )
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    from netwarden.config import default_state_dir
+
+    if args.state_dir:
+        return str(args.state_dir)
+    if args.config:
+        from netwarden import config
+
+        return config.load(file=args.config).effective_state_dir()
+    return default_state_dir()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from netwarden import daemon
+
+    running, text = daemon.status(_state_dir(args))
+    print(text)
+    return 0 if running else 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from netwarden import daemon
+
+    print(daemon.stop(_state_dir(args)))
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from netwarden import daemon
+
+    path = daemon.request_dump(_state_dir(args))
+    with open(path, encoding="utf-8") as f:
+        sys.stdout.write(f.read())
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from netwarden import config
+
+    print(config.dump(_config(args)), end="")
+    return 0
+
+
+def _flow_filter(args: argparse.Namespace, limit: int | None = None) -> Any:
+    from netwarden.config import parse_time
+    from netwarden.store.sqlite import FlowFilter
+
+    if limit is not None and limit < 1:
+        raise UsageError("must be at least 1", option="--limit", value=limit)
+    return FlowFilter(
+        since=None if args.since is None else parse_time(args.since, "--since"),
+        until=None if args.until is None else parse_time(args.until, "--until"),
+        src=args.src,
+        dst=args.dst,
+        port=args.port,
+        proto=args.proto,
+        pid=args.pid,
+        comm=args.comm,
+        exe=args.exe,
+        unit=args.unit,
+        limit=limit,
+    )
+
+
+def _validate_cidrs(args: argparse.Namespace) -> None:
+    from netwarden.config import parse_cidr
+
+    for opt in ("src", "dst"):
+        v = getattr(args, opt)
+        if v is not None:
+            parse_cidr(v, "--" + opt)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from netwarden.events import Event
+    from netwarden.store.sqlite import open_store
+
+    _validate_cidrs(args)
+    flt = _flow_filter(args, args.limit)
+    if args.format is not None:
+        check_template(args.format)
+    store = open_store(_state_dir(args), readonly=True)
+    printer = Printer(
+        sys.stdout, json_lines=args.json, template=args.format, ts_format=args.format_ts
+    )
+    for row in store.flows(flt):
+        if args.json:
+            sys.stdout.write(json.dumps(row, separators=(",", ":")) + "\n")
+        else:
+            printer(Event.from_dict(row))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from netwarden.report_cli import run as report
+
+    _validate_cidrs(args)
+    return report(args, _flow_filter(args), _state_dir(args))
 
 
 def _local_option(values: Sequence[str]) -> frozenset[bytes]:

@@ -49,6 +49,8 @@ class _EventSource:
         )
         self.counter = PacketCounter(self.table, matcher=matcher)
         self._stopping = False
+        #: called with the time after each batch (housekeeping of whoever iterates)
+        self.tick: Callable[[float], None] | None = None
 
     def stop(self) -> None:
         """Ask the iteration to finish: open flows are ended, then it stops (signal-safe)."""
@@ -84,9 +86,19 @@ class _EventSource:
             "proto_packets": dict(sorted(t.proto_packets.items())),
         }
 
+    def errors(self) -> dict[str, int]:
+        """Counted-and-skipped problems by stage, for ``netwarden_errors_total``."""
+        return {"decode": self.counter.malformed}
+
+    def dropped(self) -> dict[str, int]:
+        """Events or packets lost by stage, for ``netwarden_events_dropped_total``."""
+        return {"flow_table": self.table.evicted}
+
 
 class SniffSource(_EventSource):
     """Live capture on one interface or all of them, with a tcpdump filter expression."""
+
+    name = "sniff"
 
     def __init__(
         self,
@@ -123,7 +135,10 @@ class SniffSource(_EventSource):
         for batch in self.ring.batches(self.poll_interval):
             if batch:
                 feed(batch)
-            expire(time.time())
+            now = time.time()
+            expire(now)
+            if self.tick is not None:
+                self.tick(now)
             while pending:
                 yield pending.popleft()
             if self._stopping:
@@ -139,6 +154,9 @@ class SniffSource(_EventSource):
     def kernel_stats(self) -> tuple[int, int]:
         """(packets captured, packets dropped by the kernel) so far."""
         return self.ring.stats()
+
+    def dropped(self) -> dict[str, int]:
+        return {**super().dropped(), "kernel": self.ring.stats()[1]}
 
     def close(self) -> None:
         self.ring.close()

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -52,18 +58,22 @@ class _Pull(Collector):
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they only add noise here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.flows = Counter("netwarden_flows", "Flows seen", ["proto", "direction"], registry=r)
         self.new_connections = Counter(
-            "netwarden_new_connections", "New TCP connections",
+            "netwarden_new_connections",
+            "New TCP connections",
             registry=r,
-        )  # fmt: skip
+        )
         self.scans = Counter("netwarden_scans_detected", "Scans detected", ["kind"], registry=r)
         self.attribution = Counter(
-            "netwarden_attribution", "Flows by how their process was found", ["method"],
+            "netwarden_attribution",
+            "Flows by how their process was found",
+            ["method"],
             registry=r,
-        )  # fmt: skip
+        )
         self.probes = Counter(
             "netwarden_probes", "Inbound attempts to closed or dropped ports", registry=r
         )

@@ -154,9 +154,19 @@ def _finish(g: dict[str, Any]) -> dict[str, Any]:
     g["conns_per_hour"] = round(g["conns"] * 3600.0 / span, 3)
     g["bytes_per_hour"] = round(g["bytes"] * 3600.0 / span, 3)
     order = (
-        "key", "bytes", "bytes_in", "bytes_out", "conns", "first", "last",
-        "conns_per_hour", "bytes_per_hour", "names", "names_expire", "processes",
-    )  # fmt: skip
+        "key",
+        "bytes",
+        "bytes_in",
+        "bytes_out",
+        "conns",
+        "first",
+        "last",
+        "conns_per_hour",
+        "bytes_per_hour",
+        "names",
+        "names_expire",
+        "processes",
+    )
     return {k: g[k] for k in order} | {k: v for k, v in g.items() if k not in order}
 
 
@@ -168,10 +178,17 @@ def merge(reports: Sequence[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
             g = groups.get(r["key"])
             if g is None:
                 groups[r["key"]] = g = {
-                    "key": r["key"], "bytes_in": 0, "bytes_out": 0, "conns": 0,
-                    "first": None, "last": None, "names": [], "names_expire": None,
-                    "processes": [], "hosts": 0,
-                }  # fmt: skip
+                    "key": r["key"],
+                    "bytes_in": 0,
+                    "bytes_out": 0,
+                    "conns": 0,
+                    "first": None,
+                    "last": None,
+                    "names": [],
+                    "names_expire": None,
+                    "processes": [],
+                    "hosts": 0,
+                }
             g["bytes_in"] += int(r.get("bytes_in") or 0)
             g["bytes_out"] += int(r.get("bytes_out") or 0)
             g["conns"] += int(r.get("conns") or 0)

@@ -31,9 +31,21 @@ DB_NAME = "netwarden.db"
 # Columns of the flows table: every event field, plus first/last seen and the remote side.
 FLOW_COLUMNS: tuple[str, ...] = (*FIELDS, "first", "last", "remote", "remote_bin", "ended")
 _INT_COLUMNS = {
-    "ipproto", "family", "sport", "dport", "orig_bytes", "resp_bytes", "orig_pkts",
-    "resp_pkts", "netns", "pid", "ppid", "uid", "gid", "ended",
-}  # fmt: skip
+    "ipproto",
+    "family",
+    "sport",
+    "dport",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_pkts",
+    "resp_pkts",
+    "netns",
+    "pid",
+    "ppid",
+    "uid",
+    "gid",
+    "ended",
+}
 _REAL_COLUMNS = {"ts", "duration", "first", "last"}
 
 
@@ -196,8 +208,9 @@ class Store:
             if self.readonly:
                 raise UsageError(f"{self.path}: unreadable database: {exc}") from None
             aside = f"{self.path}.corrupt-{int(time.time())}"
-            log.error("%s is corrupt (%s): moved aside to %s, starting a new one",
-                      self.path, exc, aside)  # fmt: skip
+            log.error(
+                "%s is corrupt (%s): moved aside to %s, starting a new one", self.path, exc, aside
+            )
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(self.path + suffix):
                     os.replace(self.path + suffix, aside + suffix)
@@ -318,8 +331,7 @@ class Store:
         if f.port is not None:
             where.append("(sport = ? OR dport = ?)")
             args.extend([f.port, f.port])
-        for value, col in ((f.proto, "proto"), (f.comm, "comm"), (f.exe, "exe"),
-                           (f.unit, "unit")):  # fmt: skip
+        for value, col in ((f.proto, "proto"), (f.comm, "comm"), (f.exe, "exe"), (f.unit, "unit")):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)

@@ -1,0 +1,244 @@
+"""The one place that wires the parts from a :class:`~netwarden.config.Config`.
+
+backend (events) → metrics, store, JSON lines, the terminal → (detector → policy → blocker,
+exec hooks, when those parts are present). Nothing here does I/O of its own beyond opening
+what the config names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from netwarden.config import Config
+from netwarden.errors import MissingCapability, UsageError
+from netwarden.events import Event, EventType
+from netwarden.export.metrics import Metrics
+from netwarden.stats.names import NameCache
+from netwarden.stats.report import aggregate
+from netwarden.store.sqlite import FlowFilter, Store, open_store
+
+log = logging.getLogger(__name__)
+
+BACKEND_ORDER = ("ebpf", "conntrack", "sniff")
+SNAPSHOT_INTERVAL = 2.0
+RETENTION_INTERVAL = 3600.0
+STATS_FILE = "stats.json"
+
+
+def open_backend(
+    name: str,
+    *,
+    iface: str | None = None,
+    filter_expr: str | None = None,
+    all_netns: bool = False,
+    **options: Any,
+) -> Any:
+    """Open a capture backend; ``auto`` tries ebpf, conntrack, sniff in that order and logs
+    one line per backend it skips. Raises MissingCapability when nothing can work."""
+    names = BACKEND_ORDER if name == "auto" else (name,)
+    if name == "auto" and (filter_expr or iface):
+        # a filter expression or an interface is the packet backend's business
+        names = ("sniff",)
+    reasons: list[str] = []
+    for backend in names:
+        try:
+            src = _open_one(backend, iface, filter_expr, all_netns, **options)
+        except MissingCapability as exc:
+            if name != "auto":
+                raise
+            reasons.append(f"{backend}: {exc}")
+            log.warning("backend %s unavailable: %s", backend, exc)
+            continue
+        return src
+    raise MissingCapability(
+        "no capture backend works here (" + "; ".join(reasons) + ")",
+        "run `netwarden doctor` for the full table",
+    )
+
+
+def _open_one(
+    backend: str, iface: str | None, filter_expr: str | None, all_netns: bool, **options: Any
+) -> Any:
+    if backend == "sniff":
+        from netwarden.capture.packets import SniffSource
+
+        if all_netns:
+            raise MissingCapability("the sniff backend sees only this network namespace")
+        return SniffSource(iface, filter_expr, **options)
+    if backend == "ebpf":
+        if filter_expr:
+            raise UsageError("filter expressions need --backend sniff", option="filter")
+        return _backend_class("ebpf", "EbpfSource")(all_netns=all_netns)
+    if backend == "conntrack":
+        if filter_expr:
+            raise UsageError("filter expressions need --backend sniff", option="filter")
+        return _backend_class("conntrack", "ConntrackSource")()
+    raise UsageError(
+        "unknown backend", option="--backend", value=backend, allowed="auto, ebpf, conntrack, sniff"
+    )
+
+
+def _backend_class(module: str, name: str) -> Any:
+    """A backend class, imported lazily (its module may need a kernel feature to load)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"netwarden.capture.{module}"), name)
+    except (ImportError, AttributeError):
+        raise MissingCapability(f"the {module} backend is not in this build") from None
+
+
+class Pipeline:
+    """Takes every event of a backend to the outputs; ``tick(now)`` does the periodic work."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        source: Any,
+        *,
+        printer: Callable[[Event], None] | None = None,
+        store: Store | None = None,
+        names: NameCache | None = None,
+        device: str = "",
+        filter_expr: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.printer = printer
+        self.store = store
+        self.names = names if names is not None else NameCache()
+        self.metrics = Metrics()
+        self.state_dir = cfg.effective_state_dir()
+        self.device = device or (cfg.iface or "all")
+        self.filter_expr = filter_expr
+        self.started = time.time()
+        self.stats_start = self.started
+        self._jsonl: TextIO | None = None
+        if cfg.jsonl:
+            try:
+                self._jsonl = open(cfg.jsonl, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise UsageError(
+                    exc.strerror or str(exc), option="--jsonl", value=cfg.jsonl
+                ) from None
+        self.events_seen = 0
+        self.flows_seen = 0
+        self._next_flush = 0.0
+        self._next_snapshot = 0.0
+        self._next_retention = 0.0
+        self._last_snapshot = time.time()
+        for attr, target in (
+            ("errors", self.metrics.error_sources),
+            ("dropped", self.metrics.dropped_sources),
+        ):
+            fn = getattr(source, attr, None)
+            if fn is not None:
+                target.append(fn)
+        if hasattr(source, "kernel_stats"):
+            self.metrics.extra_counters.append(
+                (
+                    "netwarden_packets_captured",
+                    "Packets captured",
+                    lambda: float(source.kernel_stats()[0]),
+                )
+            )
+
+    # ---------------------------------------------------------------- per event
+    def handle(self, e: Event) -> None:
+        self.events_seen += 1
+        if e.event is EventType.NEW:
+            self.flows_seen += 1
+        self.metrics.observe(e)
+        if self.store is not None:
+            self.store.add(e)
+        if self._jsonl is not None:
+            self._jsonl.write(e.to_json() + "\n")
+            self._jsonl.flush()
+        if self.printer is not None:
+            self.printer(e)
+
+    # ---------------------------------------------------------------- periodic
+    def tick(self, now: float) -> None:
+        if self.store is None:
+            return
+        if now >= self._next_snapshot:
+            table = getattr(self.source, "table", None)
+            if table is not None:
+                for snap in table.active_since(self._last_snapshot):
+                    self.store.add_flow_snapshot(snap)
+            self._last_snapshot = now
+            self._next_snapshot = now + SNAPSHOT_INTERVAL
+        if now >= self._next_flush:
+            self.store.flush()
+            self._next_flush = now + self.cfg.flush_interval
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_INTERVAL
+            deleted = self.store.retain(self.cfg.retention, self.cfg.db_max_mb * 1024 * 1024)
+            if deleted:
+                log.info("retention: %d old rows deleted", deleted)
+
+    # ---------------------------------------------------------------- stats dump
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Net::Connection::Sniffer's dump: header fields and the ``--by ip`` rows."""
+        now = time.time() if now is None else now
+        if self.store is not None:
+            self.store.flush()
+            rows = aggregate(
+                self.store.flows(FlowFilter(since=self.stats_start)), "ip", names=self.names.lookup
+            )
+        else:
+            rows = []
+        minutes = max((now - self.stats_start) / 60.0, 1.0 / 60.0)
+        total_bytes = sum(r["bytes"] for r in rows)
+        return {
+            "start": self.stats_start,
+            "current": now,
+            "hits_per_minute": round(sum(r["conns"] for r in rows) / minutes, 3),
+            "bytes_per_second": round(total_bytes / (minutes * 60.0), 3),
+            "users": len(rows),
+            "device": self.device,
+            "filter": self.filter_expr,
+            "rows": rows,
+        }
+
+    def write_stats(self) -> str:
+        path = os.path.join(self.state_dir, STATS_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.stats(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    def new_statistics(self) -> None:
+        self.stats_start = time.time()
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "pid": os.getpid(),
+            "backend": getattr(self.source, "name", type(self.source).__name__),
+            "started": self.started,
+            "uptime": now - self.started,
+            "events": self.events_seen,
+            "flows": self.flows_seen,
+            "state_dir": self.state_dir,
+            "listen": self.cfg.listen,
+        }
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self.names.close()
+
+
+def open_state(cfg: Config) -> Store:
+    """The store in the state dir (creating the dir); an unwritable dir exits 2."""
+    return open_store(cfg.effective_state_dir())
