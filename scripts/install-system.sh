@@ -6,7 +6,7 @@ PKGS=(
   iproute2 iptables nftables libnftables1 procps util-linux
   libpcap0.8 libpcap0.8-dev tcpdump tshark
   libbpf1 libbpf-dev bpftool clang llvm
-  nmap curl dnsutils socat
+  nmap curl dnsutils socat ethtool
 )
 missing=()
 for p in "${PKGS[@]}"; do
