@@ -317,6 +317,27 @@ def test_stop_and_close_from_another_thread(veth: VethPair) -> None:
     assert cap.stats() == cap.stats()  # last totals are kept after close
 
 
+@pytest.mark.parametrize("block_timeout_ms", [50, 2000])
+def test_stop_hands_over_every_counted_packet(veth: VethPair, block_timeout_ms: int) -> None:
+    port = 40500
+    sent = payloads("stop", 30)
+    with capture_in(
+        veth.a, veth.a_if, filter_expr=f"udp port {port}", block_timeout_ms=block_timeout_ms
+    ) as cap:
+        veth.b.call(send_udp, veth.a4, port, sent)
+        cap.stop()  # before reading anything: the kernel may still hold its current block
+        seen = [
+            decode(bytes(data), linktype)[-1]
+            for batch in cap.batches(DEADLINE)
+            for _ts, data, _wirelen, linktype, _ifindex, _segs in batch
+        ]
+        packets, drops = cap.stats()
+        veth.b.call(send_udp, veth.a4, port, sent)  # after stop: not taken any more
+        assert cap.stats() == (packets, drops)
+    assert Counter(seen) == Counter(sent)
+    assert (packets, drops) == (len(sent), 0)
+
+
 def test_promisc_membership_while_open(veth: VethPair) -> None:
     def flags() -> str:
         return veth.a.ip("-d", "link", "show", veth.a_if)

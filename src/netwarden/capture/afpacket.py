@@ -43,9 +43,12 @@ is the interface's MSS, an underestimate when the path MSS is smaller); other pa
 With ``PACKET_VNET_HDR`` the kernel drops (and counts as dropped) the rare GSO packets it
 cannot describe in a ``virtio_net_hdr`` (SCTP, ESP, fraglist GSO).
 
-Stopping: :meth:`RingCapture.stop` (safe from a signal handler or another thread) makes
-``batches()`` return at its next step; :meth:`RingCapture.close` also releases the socket and
-the ring (right away, or from the iterating thread as soon as it notices).
+Stopping: after :meth:`RingCapture.stop` (safe from a signal handler or another thread) the
+socket takes no new packets, ``batches()`` hands over what is still in the ring, including
+the block the kernel had not retired yet (at most about two block timeouts of waiting), and
+returns; so every packet counted in ``stats()`` reaches the caller who iterates to the end.
+:meth:`RingCapture.close` makes ``batches()`` return at once and releases the socket and the
+ring (right away, or from the iterating thread as soon as it notices).
 """
 
 from __future__ import annotations
@@ -339,14 +342,28 @@ class RingCapture:
     def batches(self, timeout: float) -> Iterator[list[Packet]]:
         """Yield the packets of each retired block; an empty list after ``timeout`` seconds
         without one. Each block goes back to the kernel when the next batch is requested.
-        Returns when :meth:`stop` or :meth:`close` is called."""
+
+        After :meth:`stop` the socket takes no new packets (a drop-all filter), the block the
+        kernel was still filling is retired by its timer and handed over, then this returns:
+        everything counted in :meth:`stats` has been yielded. Iterate to the end rather than
+        breaking out after ``stop()``. After :meth:`close` it returns at once.
+        """
         if not self._enter():
             return
         try:
-            while not self._stop:
-                batch = self._next_block(timeout)
+            draining_until = 0.0
+            while not self._closing:
                 if self._stop:
-                    break
+                    if not draining_until:
+                        draining_until = self._start_draining()
+                    left = draining_until - time.monotonic()
+                    if left <= 0 or not self._more_in_ring():
+                        break
+                    batch = self._next_block(left, draining=True)
+                else:
+                    batch = self._next_block(timeout)
+                    if batch is None and self._stop:
+                        continue  # stopped while waiting: hand over what is left first
                 with self._lock:
                     self._busy = False
                 yield batch if batch is not None else []
@@ -359,15 +376,41 @@ class RingCapture:
                     self._teardown()
 
     def _enter(self) -> bool:
-        """Mark the ring in use by batches(); False if it is closed or stopped."""
+        """Mark the ring in use by batches(); False if it is closed."""
         with self._lock:
-            if self._mv is None or self._stop:
+            if self._mv is None or self._closing:
                 return False
             self._busy = True
             return True
 
-    def _next_block(self, timeout: float) -> list[Packet] | None:
-        """The current block's packets once the kernel retires it; None on timeout or stop."""
+    def _start_draining(self) -> float:
+        """Take no new packets; the deadline for the kernel to retire its current block."""
+        try:
+            self._attach(_DROP_ALL)
+        except UsageError as exc:
+            log.debug("cannot stop the intake before draining: %s", exc)
+        self._clear_wake()
+        return time.monotonic() + (2 * self.block_timeout_ms + 250) / 1000.0
+
+    def _clear_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except OSError:  # nothing to clear
+            pass
+
+    def _more_in_ring(self) -> bool:
+        """Whether the next block holds packets: retired, or still being filled."""
+        mv = self._mv
+        assert mv is not None
+        base = self._block * self.block_size
+        if self._held:
+            base = ((self._block + 1) % self.block_count) * self.block_size
+        status, num, _ = _BLOCK.unpack_from(mv, base + _BLOCK_STATUS_OFF)
+        return bool(status & TP_STATUS_USER or num)
+
+    def _next_block(self, timeout: float, *, draining: bool = False) -> list[Packet] | None:
+        """The current block's packets once the kernel retires it; None on timeout (or on
+        stop, unless ``draining``)."""
         mv = self._mv
         sock = self._sock
         assert mv is not None and sock is not None
@@ -385,7 +428,7 @@ class RingCapture:
             poller.register(self._wake_fd, select.POLLIN)
             while True:
                 wait = deadline - time.monotonic()
-                if self._stop or wait <= 0:
+                if wait <= 0 or self._closing or (self._stop and not draining):
                     return None
                 events = poller.poll(wait * 1000.0)
                 status = _STATUS.unpack_from(mv, base + _BLOCK_STATUS_OFF)[0]
@@ -394,6 +437,8 @@ class RingCapture:
                 for fd, ev in events:
                     if fd == sock.fileno() and ev & (select.POLLERR | select.POLLHUP):
                         self._raise_socket_error()
+                    if fd == self._wake_fd and draining and not self._closing:
+                        self._clear_wake()  # another stop(): keep waiting for the block
         self._held = True
         return self._read_block(mv, base)
 
