@@ -100,6 +100,39 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_payload_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("payload (Net::Connection::Sniffer's match/nomatch)")
+    g.add_argument(
+        "--match",
+        metavar="REGEX",
+        help="count only packets whose payload matches (case-insensitive)",
+    )
+    g.add_argument(
+        "--nomatch",
+        metavar="REGEX",
+        help="do not count packets whose payload matches (case-insensitive)",
+    )
+    g.add_argument(
+        "--payload-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="match from N bytes into the transport payload",
+    )
+
+
+def _inspector(args: argparse.Namespace) -> Any:
+    from netwarden.stats.packets import PayloadInspector
+
+    if args.match is None and args.nomatch is None:
+        if args.payload_offset:
+            raise UsageError(
+                "needs --match or --nomatch", option="--payload-offset", value=args.payload_offset
+            )
+        return None
+    return PayloadInspector(match=args.match, nomatch=args.nomatch, offset=args.payload_offset)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", metavar="DIR", help="where state lives (accepted; unused here)")
     p.add_argument("--config", metavar="FILE", help="config file (TOML)")
@@ -201,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_capture_flags(p)
     _add_output_flags(p)
+    _add_payload_flags(p)
     _add_common(p)
     p.set_defaults(func=cmd_sniff)
 
@@ -227,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress on stderr (auto: when stderr is a terminal and the file is large)",
     )
     _add_output_flags(p)
+    _add_payload_flags(p)
     _add_common(p)
     p.set_defaults(func=cmd_replay)
 
@@ -400,6 +435,7 @@ def _live(args: argparse.Namespace, default_events: str | None, jsonl: str | Non
         _filter_text(args.filter),
         snaplen=args.snaplen,
         tcp_connections_only=args.tcp_connects,
+        inspector=_inspector(args),
     )
     _install_stop(src.stop)
     where = args.iface or "all interfaces"
@@ -654,6 +690,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             local_addrs=local,
             tcp_connections_only=args.tcp_connects,
             progress=progress,
+            inspector=_inspector(args),
         )
     except CaptureFileError as exc:
         raise UsageError(str(exc)) from None

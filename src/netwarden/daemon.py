@@ -348,14 +348,28 @@ def _run(
         ctx = WebContext(store_path=store.path, metrics=lambda: b"", status=lambda: {}, token=token)
         web = WebServer(ctx, cfg.listen)
         web.start()
+        from netwarden.stats.names import NameCache
+
+        names = NameCache()
+        options: dict[str, Any] = {}
+        if cfg.backend in ("sniff", "auto"):
+            from netwarden.stats.packets import PayloadInspector
+
+            # names from DNS answers seen on the wire (packet backend)
+            options["inspector"] = PayloadInspector(on_dns=names.learn_dns)
         source = open_backend(
-            cfg.backend, iface=cfg.iface, filter_expr=filter_expr, all_netns=cfg.all_netns
+            cfg.backend,
+            iface=cfg.iface,
+            filter_expr=filter_expr,
+            all_netns=cfg.all_netns,
+            sniff_options=options,
         )
         pipeline = Pipeline(
             cfg,
             source,
             printer=printer,
             store=store,
+            names=names,
             device=cfg.iface or "all",
             filter_expr=filter_expr or "",
         )

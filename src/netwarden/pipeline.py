@@ -36,7 +36,7 @@ def open_backend(
     iface: str | None = None,
     filter_expr: str | None = None,
     all_netns: bool = False,
-    **options: Any,
+    sniff_options: dict[str, Any] | None = None,
 ) -> Any:
     """Open a capture backend; ``auto`` tries ebpf, conntrack, sniff in that order and logs
     one line per backend it skips. Raises MissingCapability when nothing can work."""
@@ -47,7 +47,7 @@ def open_backend(
     reasons: list[str] = []
     for backend in names:
         try:
-            src = _open_one(backend, iface, filter_expr, all_netns, **options)
+            src = _open_one(backend, iface, filter_expr, all_netns, **(sniff_options or {}))
         except MissingCapability as exc:
             if name != "auto":
                 raise

@@ -155,3 +155,38 @@ def test_unsupported_link_type(tmp_path: Path) -> None:
 def test_version() -> None:
     r = nw("version")
     assert r.returncode == 0 and r.stdout.startswith("netwarden 0.")
+
+
+def test_payload_match_nomatch_offset(session_pcap: Path) -> None:
+    fmt = ["--format", "{proto} {dport} {orig_pkts} {resp_pkts}", "--events", "end"]
+    r = nw("replay", str(session_pcap), "--match", "get /", *fmt)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "tcp 80 1 0\n"  # only the request packet counts (case-insensitive)
+    r = nw("replay", str(session_pcap), "--match", "^T /", "--payload-offset", "2", *fmt)
+    assert r.stdout == "tcp 80 1 0\n"
+    r = nw("replay", str(session_pcap), "--nomatch", "http/1.0", "--events", "end",
+           "--format", "{proto} {orig_pkts} {resp_pkts}")  # fmt: skip
+    assert "tcp 4 2" in r.stdout.splitlines()
+    r = nw("replay", str(session_pcap), "--match", "(unclosed")
+    assert r.returncode == 2 and "--match" in r.stderr
+    r = nw("replay", str(session_pcap), "--payload-offset", "3")
+    assert r.returncode == 2 and "--payload-offset" in r.stderr
+
+
+def test_dns_answers_teach_names() -> None:
+    import struct
+
+    from netwarden.stats.names import NameCache
+    from netwarden.stats.packets import PayloadInspector
+    from netwarden.wire.packet import decoder_for
+
+    q = b"\x03www\x07example\x03com\x00" + struct.pack("!HH", 1, 1)
+    ans = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 120, 4) + bytes([198, 51, 100, 7])
+    dns = struct.pack("!HHHHHH", 9, 0x8180, 1, 1, 0, 0) + q + ans
+    frame = pb.ether(pb.ipv4("192.0.2.53", "192.0.2.10", 17, pb.udp(53, 40000, dns)))
+    names = NameCache(lambda a: ([], 60.0), clock=lambda: 1000.0)
+    insp = PayloadInspector(on_dns=names.learn_dns)
+    r = decoder_for(1)(frame, len(frame))
+    assert insp.accept(r, frame)  # type: ignore[arg-type]
+    assert names.lookup("198.51.100.7") == (["www.example.com"], 1120.0)
+    names.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from netwarden.events import Event, Source
 from netwarden.stats.flows import FlowTable, Timeouts
-from netwarden.stats.packets import PacketCounter
+from netwarden.stats.packets import PacketCounter, PayloadInspector
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class _EventSource:
         iface_name: Callable[[int], str | None] | None = None,
         max_flows: int = 262144,
         matcher: Any = None,
+        inspector: PayloadInspector | None = None,
     ) -> None:
         self._pending: deque[Event] = deque()
         self.table = FlowTable(
@@ -47,7 +48,7 @@ class _EventSource:
             iface_name=iface_name,
             max_flows=max_flows,
         )
-        self.counter = PacketCounter(self.table, matcher=matcher)
+        self.counter = PacketCounter(self.table, matcher=matcher, inspector=inspector)
         self._stopping = False
         #: called with the time after each batch (housekeeping of whoever iterates)
         self.tick: Callable[[float], None] | None = None
@@ -110,6 +111,7 @@ class SniffSource(_EventSource):
         timeouts: Timeouts | None = None,
         tcp_connections_only: bool = False,
         poll_interval: float = 0.2,
+        inspector: PayloadInspector | None = None,
     ) -> None:
         from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
         from netwarden.hostaddrs import local_addresses
@@ -121,6 +123,7 @@ class SniffSource(_EventSource):
             timeouts=timeouts,
             tcp_connections_only=tcp_connections_only,
             iface_name=self.ring.ifname,
+            inspector=inspector,
         )
         self.iface = iface
         self.poll_interval = poll_interval
@@ -174,6 +177,7 @@ class ReplaySource(_EventSource):
         timeouts: Timeouts | None = None,
         tcp_connections_only: bool = False,
         progress: Callable[[int, int, int], None] | None = None,
+        inspector: PayloadInspector | None = None,
     ) -> None:
         from netwarden.wire.pcapfile import open_capture
 
@@ -191,6 +195,7 @@ class ReplaySource(_EventSource):
             timeouts=timeouts,
             tcp_connections_only=tcp_connections_only,
             matcher=matcher,
+            inspector=inspector,
         )
         self.path = os.fspath(path)
         self.progress = progress

@@ -82,6 +82,7 @@ class NameCache:
         self._pending: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nw-rdns")
         self.lookups = 0
+        self.learned = 0
 
     def lookup(self, addr: str) -> tuple[list[str], float | None]:
         now = self._clock()
@@ -124,6 +125,20 @@ class NameCache:
         if old is not None:
             expire = max(expire, old[1])
         self._store(addr, names, expire)
+
+    def learn_dns(self, payload: bytes | memoryview) -> None:
+        """Learn from a DNS answer seen on the wire (a UDP payload from port 53)."""
+        from ipaddress import ip_address
+
+        from netwarden.wire.dns import parse_answers
+
+        parsed = parse_answers(payload)
+        if parsed is None:
+            return
+        qname, answers = parsed
+        for addr, ttl in answers:
+            self.learn(str(ip_address(addr)), qname, float(ttl))
+        self.learned += len(answers)
 
     def wait(self, timeout: float = 10.0) -> None:
         """Wait until pending lookups finish (tests, one-shot reports)."""
