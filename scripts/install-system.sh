@@ -7,6 +7,7 @@ PKGS=(
   libpcap0.8 libpcap0.8-dev tcpdump tshark
   libbpf1 libbpf-dev bpftool clang llvm
   nmap curl dnsutils socat ethtool
+  chromium chromium-driver
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -53,27 +53,32 @@ function fill(id, rows, cells, keep) {
 }
 
 function drawChart(points) {
+  // one stacked bar per minute over the last hour: bytes in (blue) under bytes out (red)
   const canvas = document.getElementById("chart");
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, pad = 30;
+  const w = canvas.width, h = canvas.height, left = 60, bottom = 20;
   ctx.clearRect(0, 0, w, h);
-  ctx.strokeStyle = "#ccd";
-  ctx.beginPath(); ctx.moveTo(pad, 5); ctx.lineTo(pad, h - pad); ctx.lineTo(w - 5, h - pad);
-  ctx.stroke();
+  const now = Date.now() / 1000, t0 = now - 3600;
+  const step = 60, slot = (w - left - 5) / 60;
+  const max = Math.max(1, ...points.map(p => p.bytes_in + p.bytes_out));
+  const y = v => (h - bottom) * v / max;
   canvas.dataset.points = String(points.length);
-  if (!points.length) return;
-  const max = Math.max(1, ...points.map(p => Math.max(p.bytes_in, p.bytes_out)));
-  const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 60);
-  const x = t => pad + (w - pad - 10) * (t - t0) / (t1 - t0);
-  const y = v => (h - pad) - (h - pad - 10) * v / max;
-  for (const [key, color] of [["bytes_in", "#2f80ed"], ["bytes_out", "#eb5757"]]) {
-    ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
-    points.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.t), y(p[key])));
-    ctx.stroke();
-    for (const p of points) { ctx.fillStyle = color; ctx.fillRect(x(p.t) - 2, y(p[key]) - 2, 4, 4); }
+  for (const p of points) {
+    if (p.t + step < t0) continue;
+    const x = left + Math.max(0, (p.t - t0) / step) * slot;
+    const hin = y(p.bytes_in), hout = y(p.bytes_out);
+    ctx.fillStyle = "#2f80ed";
+    ctx.fillRect(x, h - bottom - hin, Math.max(1, slot - 1), hin);
+    ctx.fillStyle = "#eb5757";
+    ctx.fillRect(x, h - bottom - hin - hout, Math.max(1, slot - 1), hout);
   }
+  ctx.strokeStyle = "#ccd";
+  ctx.beginPath(); ctx.moveTo(left, 5); ctx.lineTo(left, h - bottom); ctx.lineTo(w - 5, h - bottom);
+  ctx.stroke();
   ctx.fillStyle = "#667"; ctx.font = "11px sans-serif";
   ctx.fillText(fmtBytes(max), 2, 12);
+  ctx.fillText("-60 min", left, h - 5);
+  ctx.fillText("now", w - 30, h - 5);
 }
 
 async function refresh() {
