@@ -253,6 +253,8 @@ class ConntrackSource:
         self._open: OrderedDict[int, _Flow] = OrderedDict()
         self._ended: OrderedDict[int, int] = OrderedDict()  # ct id → times seen (reuse)
         self._pending: list[Event] = []
+        self._resync = False
+        self._drops = 0
 
         # counters (summary())
         self.messages = 0
@@ -330,6 +332,7 @@ class ConntrackSource:
         """Close the sockets and undo our changes: the tracking table, the sysctls."""
         if self._closed:
             return
+        self._kernel_drops()
         self._closed = True
         if self.hold is not None:
             try:
@@ -363,7 +366,7 @@ class ConntrackSource:
         s: dict[str, Any] = {
             "messages": self.messages,
             "malformed_messages": self.malformed,
-            "events_lost": self.overruns,
+            "events_lost": self._kernel_drops(),
             "enobufs": self.overruns,
             "redumps": self.redumps,
             "late_new": self.late_new,
@@ -385,6 +388,14 @@ class ConntrackSource:
         if self.hold is not None:
             s["hold"] = self.hold.summary()
         return s
+
+    def _kernel_drops(self) -> int:
+        """Events the kernel dropped for us (exact when /proc/net/netlink says so)."""
+        if self._events is not None and not self._closed:
+            drops = self._events.kernel_drops()
+            if drops is not None:
+                self._drops = drops
+        return max(self._drops, self.overruns)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Event]:
@@ -415,20 +426,29 @@ class ConntrackSource:
             pending.clear()
 
     def _drain(self, ev: NetlinkSocket, limit: int = 4096) -> None:
-        """Read what waits on the event socket (at most ``limit`` datagrams)."""
+        """Read what waits on the event socket (at most ``limit`` datagrams).
+
+        After ENOBUFS the kernel drops further messages *silently* until our queue has
+        been read empty, so the socket is first drained, and only then is the table dumped:
+        a loss during the dump raises ENOBUFS again and leads to another dump.
+        """
         for _ in range(limit):
             try:
                 data = ev.recv(block=False)
             except Overrun:
                 self.overruns += 1
-                log.warning(
-                    "conntrack: the kernel dropped events (ENOBUFS, %d so far): re-reading "
-                    "the table",
-                    self.overruns,
-                )
-                self._sync(initial=False)
+                if not self._resync:
+                    log.warning(
+                        "conntrack: the kernel dropped events (ENOBUFS, %d so far): "
+                        "re-reading the table",
+                        self.overruns,
+                    )
+                self._resync = True
                 continue
             if data is None:
+                if self._resync:  # read empty: the kernel reports the next loss again
+                    self._resync = False
+                    self._sync(initial=False)
                 return
             self.feed(data)
 

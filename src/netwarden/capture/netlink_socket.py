@@ -94,6 +94,22 @@ class NetlinkSocket:
         """Subscribe to multicast ``group`` (a number, not a bit mask)."""
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
 
+    def kernel_drops(self, proc_net: str = "/proc/net/netlink") -> int | None:
+        """Messages the kernel dropped for this socket (the ``Drops`` column of
+        /proc/net/netlink), or None when it cannot be read."""
+        try:
+            inode = os.fstat(self.sock.fileno()).st_ino
+            with open(proc_net, encoding="ascii", errors="replace") as f:
+                header = f.readline().split()
+                col_drops, col_inode = header.index("Drops"), header.index("Inode")
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > col_inode and cols[col_inode] == str(inode):
+                        return int(cols[col_drops])
+        except (OSError, ValueError):
+            return None
+        return None
+
     def next_seq(self) -> int:
         return next(self._seq) & 0xFFFFFFFF
 

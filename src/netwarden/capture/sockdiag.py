@@ -200,20 +200,20 @@ class ProcSocketIndex:
             pids = [int(e.name) for e in os.scandir(self.root) if e.name.isdigit()]
         except OSError:
             return None
-        new = [p for p in pids if p not in self._known]
-        if len(new) != len(pids) or not self._known:
-            self._known = set(pids)
-        else:
-            self._known.update(new)
+        new = [p for p in pids if p not in self._known]  # appeared since the last search
         alive = set(pids)
+        self._known = alive
         for gone in [p for p in self._cgroup_of_pid if p not in alive]:
             del self._cgroup_of_pid[gone]
         new.sort(reverse=True)
         new_set = set(new)
-        rest = sorted((p for p in pids if p not in new_set), reverse=True)
-        preferred: list[int] = []
-        others: list[int] = []
-        for p in new + rest:
+        order = new + sorted((p for p in pids if p not in new_set), reverse=True)
+        scanned = 0
+        result = None
+        deferred: list[int] = []  # the socket's uid, another cgroup: searched last
+        for p in order:
+            if scanned >= self.max_pids or self.clock() > deadline:
+                break
             if uid is not None:
                 try:
                     if os.stat(f"{self.root}/{p}").st_uid != uid:
@@ -221,22 +221,20 @@ class ProcSocketIndex:
                 except OSError:
                     continue
             if cgroup_id is not None and self._pid_cgroup(p) != cgroup_id:
-                others.append(p)
+                deferred.append(p)
                 continue
-            preferred.append(p)
-            if len(preferred) >= self.max_pids:
-                break
-            if self.clock() > deadline:
-                break
-        scanned = 0
-        result = None
-        for p in preferred + others:
-            if scanned >= self.max_pids or self.clock() > deadline:
-                break
             scanned += 1
             if self._scan_pid(p, target):
                 result = p
                 break
+        if result is None:
+            for p in deferred:
+                if scanned >= self.max_pids or self.clock() > deadline:
+                    break
+                scanned += 1
+                if self._scan_pid(p, target):
+                    result = p
+                    break
         self.stats.pids_scanned += scanned
         self.stats.scan_seconds += self.clock() - start
         self._allowance -= self.clock() - start
