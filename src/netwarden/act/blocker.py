@@ -1,0 +1,362 @@
+"""Kernel-side blocking: nftables set elements with timeouts, persisted in the state dir.
+
+The ruleset and why it is shaped so are in :mod:`netwarden.act.nft` and docs/detection.md.
+This module applies it through libnftables and keeps ``blocks.json`` (the active blocks) in
+the state dir, so blocks survive a restart, clean or not, with their remaining time.
+
+API (what ``netwarden run``, ``blocks``, ``block`` and ``unblock`` wire)::
+
+    b = Blocker(state_dir, guard=policy.refusal)   # MissingCapability (exit 3): no libnftables
+    started = b.start()        # daemon start: replace whatever a crashed run left, recreate the
+                               # table, restore the persisted blocks with their remaining time;
+                               # started.restored / .expired (ran out while we were down:
+                               # emit ``unblock``) / .refused (now protected by the guard)
+    blk = b.block("192.0.2.7", 3600.0, reason="port scan ...", ports=(22, 80))
+                               # address or CIDR; duration None or 0 = until unblocked
+    b.unblock("192.0.2.7")     # -> the Block removed, or None if it was not blocked
+    b.blocks()                 # active blocks; Block.to_dict() is a ``blocks --json`` line
+    b.expire()                 # call about once a second: the blocks whose time ran out (the
+                               # kernel already dropped them): emit ``unblock``, forget them
+    b.close()                  # clean exit: delete the table (blocks.json stays, for restart)
+
+Rules:
+
+- ``guard`` (e.g. :meth:`netwarden.detect.policy.Policy.refusal`) is asked before every block,
+  by hand or by verdict, and before restoring one: a protected address is refused with a
+  ``UsageError`` (exit 2) saying why.
+- Blocking an address that is already blocked replaces its block, except that a block never
+  shortens an existing one (the longer ``until`` wins; unblock first to shorten).
+- A CIDR that overlaps another blocked CIDR is refused (unblock the other first). An address
+  inside a blocked CIDR may be blocked on its own (it lives in the address set).
+- Every change first goes to the kernel, then to ``blocks.json`` (written atomically, under
+  an ``flock`` on ``blocks.lock``), so several processes (the daemon, the CLI) may share one
+  state dir. A change when the table does not exist (no daemon running) creates it with every
+  persisted block; the next daemon start replaces it and its clean exit removes it.
+- Times are Unix seconds from ``clock`` (injected; ``time.time`` by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+from netwarden.act import nft as render
+from netwarden.act.libnftables import Nft, NftError, NftRunner
+from netwarden.detect.policy import IPNetwork, as_network
+from netwarden.errors import RuntimeFailure, UsageError
+
+__all__ = ["LOCK_FILE", "STATE_FILE", "Block", "Blocker", "StartResult"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "blocks.json"
+LOCK_FILE = "blocks.lock"
+_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One active block: an address (a /32 or /128) or a CIDR."""
+
+    net: IPNetwork
+    since: float
+    #: Unix seconds when it ends, None = until unblocked
+    until: float | None
+    reason: str = ""
+    #: the ports that triggered it
+    ports: tuple[int, ...] = ()
+
+    @property
+    def addr(self) -> str:
+        """The address (without /32 or /128) or the CIDR, as text."""
+        return render.element_text(self.net)
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left (0 when over), None without a timeout."""
+        return None if self.until is None else max(0.0, self.until - now)
+
+    def expired(self, now: float) -> bool:
+        return self.until is not None and self.until <= now
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``blocks --json`` object: addr, since, until, reason, ports."""
+        return {
+            "addr": self.addr,
+            "since": self.since,
+            "until": self.until,
+            "reason": self.reason,
+            "ports": list(self.ports),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Block:
+        until = d.get("until")
+        return cls(
+            net=as_network(str(d["addr"])),
+            since=float(d["since"]),
+            until=None if until is None else float(until),
+            reason=str(d.get("reason") or ""),
+            ports=tuple(int(p) for p in d.get("ports") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """What :meth:`Blocker.start` found in ``blocks.json``."""
+
+    restored: list[Block] = field(default_factory=list)
+    #: ran out while netwarden was not running
+    expired: list[Block] = field(default_factory=list)
+    #: now protected (allowlist, own address): dropped, with the guard's reason
+    refused: list[tuple[Block, str]] = field(default_factory=list)
+
+
+def _timeout_ms(until: float | None, now: float) -> int | None:
+    if until is None:
+        return None
+    return max(1, math.ceil((until - now) * 1000))
+
+
+class Blocker:
+    """Applies blocks to netwarden's nftables table and keeps them in ``blocks.json``."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        nft: NftRunner | None = None,
+        clock: Callable[[], float] = time.time,
+        guard: Callable[[IPNetwork], str | None] | None = None,
+        table: str = render.TABLE,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / STATE_FILE
+        self._lock_path = self.state_dir / LOCK_FILE
+        self._own_nft = nft is None
+        self._nft: NftRunner = nft if nft is not None else Nft()
+        self._clock = clock
+        self._guard = guard
+        self.table = table
+        render.ruleset(table)  # validates the name
+
+    # ------------------------------------------------------------------ state file
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[Block]]:
+        """The persisted blocks, under the lock; the list as left is written back."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RuntimeFailure(f"state dir {self.state_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            blocks = self._read()
+            before = list(blocks)
+            yield blocks
+            if blocks != before:
+                self._write(blocks)
+        finally:
+            os.close(fd)
+
+    def _read(self) -> list[Block]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
+        try:
+            doc = json.loads(text)
+            items = doc["blocks"] if isinstance(doc, dict) else None
+            if not isinstance(items, list):
+                raise ValueError("no list of blocks")
+        except (ValueError, KeyError) as exc:
+            bad = self.path.with_name(f"{STATE_FILE}.bad")
+            log.warning("%s: unreadable (%s); moved to %s, starting empty", self.path, exc, bad)
+            with contextlib.suppress(OSError):
+                os.replace(self.path, bad)
+            return []
+        blocks: list[Block] = []
+        for item in items:
+            try:
+                blocks.append(Block.from_dict(item))
+            except (ValueError, KeyError, TypeError, UsageError) as exc:
+                log.warning("%s: skipping a bad entry %r (%s)", self.path, item, exc)
+        return blocks
+
+    def _write(self, blocks: list[Block]) -> None:
+        doc = {
+            "version": _VERSION,
+            "table": f"{render.FAMILY} {self.table}",
+            "blocks": [b.to_dict() for b in blocks],
+        }
+        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
+
+    # ------------------------------------------------------------------ kernel
+    def _apply(self, commands: str, blocks: list[Block], now: float) -> None:
+        """Run ``commands``; if the table is missing, create it with ``blocks`` instead."""
+        try:
+            self._nft.run(commands)
+        except NftError as exc:
+            if not exc.no_such_object:
+                raise
+            log.info("table %s %s missing: creating it", render.FAMILY, self.table)
+            self._nft.run(self._start_commands(blocks, now))
+
+    def _start_commands(self, blocks: Iterable[Block], now: float) -> str:
+        elements = [
+            render.Element(b.net, _timeout_ms(b.until, now)) for b in blocks if not b.expired(now)
+        ]
+        return render.start_commands(elements, self.table)
+
+    def start(self) -> StartResult:
+        """Replace the table (a crashed run's leftovers go) and restore the persisted blocks
+        with their remaining time, in one transaction."""
+        now = self._clock()
+        with self._locked() as blocks:
+            result = StartResult()
+            keep: list[Block] = []
+            for b in blocks:
+                if b.expired(now):
+                    result.expired.append(b)
+                    continue
+                why = self._guard(b.net) if self._guard is not None else None
+                if why is not None:
+                    log.warning("not restoring the block of %s: %s", b.addr, why)
+                    result.refused.append((b, why))
+                    continue
+                keep.append(b)
+            self._nft.run(self._start_commands(keep, now))
+            result.restored.extend(keep)
+            blocks[:] = keep
+        return result
+
+    def block(
+        self,
+        target: str | IPv4Address | IPv6Address | IPNetwork,
+        duration: float | None = None,
+        *,
+        reason: str = "manual",
+        ports: Iterable[int] = (),
+    ) -> Block:
+        """Block an address or CIDR for ``duration`` seconds (None or 0: until unblocked).
+
+        Returns the block in force afterwards (the existing one if it lasts longer).
+        """
+        net = as_network(target, "block")
+        if duration is not None and (duration < 0 or math.isnan(duration)):
+            raise UsageError("negative", option="--for", value=duration)
+        if self._guard is not None:
+            why = self._guard(net)
+            if why is not None:
+                raise UsageError(
+                    f"refusing to block it: {why}", option="block", value=render.element_text(net)
+                )
+        now = self._clock()
+        until = None if not duration else now + duration
+        new = Block(net, now, until, reason, tuple(sorted(set(ports))))
+        with self._locked() as blocks:
+            blocks[:] = [b for b in blocks if not b.expired(now)]
+            old = next((b for b in blocks if b.net == net), None)
+            if old is not None and (
+                old.until is None or (until is not None and old.until >= until)
+            ):
+                return old
+            if net.prefixlen != net.max_prefixlen:
+                for b in blocks:
+                    if (
+                        b.net != net
+                        and b.net.version == net.version
+                        and b.net.prefixlen != b.net.max_prefixlen
+                        and b.net.overlaps(net)
+                    ):
+                        raise UsageError(
+                            f"overlaps the blocked {b.addr}; unblock it first",
+                            option="block",
+                            value=new.addr,
+                        )
+            rest = [b for b in blocks if b.net != net]
+            element = render.Element(net, _timeout_ms(until, now))
+            self._apply(render.replace_elements([element], self.table), [*rest, new], now)
+            blocks[:] = [*rest, new]
+        return new
+
+    def unblock(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
+        """Remove a block; returns it, or None if the target was not blocked."""
+        net = as_network(target, "unblock")
+        now = self._clock()
+        with self._locked() as blocks:
+            old = next((b for b in blocks if b.net == net), None)
+            try:
+                self._nft.run(render.delete_elements([net], self.table))
+                found_in_kernel = True
+            except NftError as exc:
+                if not exc.no_such_object:
+                    raise
+                found_in_kernel = False
+            if old is None:
+                if not found_in_kernel:
+                    return None
+                return Block(net, now, None, "found in the set, not in the state file")
+            blocks[:] = [b for b in blocks if b.net != net]
+        return None if old.expired(now) else old
+
+    def expire(self) -> list[Block]:
+        """Drop the blocks whose time ran out (the kernel already did); return them."""
+        now = self._clock()
+        with self._locked() as blocks:
+            gone = [b for b in blocks if b.expired(now)]
+            if gone:
+                blocks[:] = [b for b in blocks if not b.expired(now)]
+        return gone
+
+    def blocks(self) -> list[Block]:
+        """The active blocks, oldest first (from ``blocks.json``)."""
+        now = self._clock()
+        with self._locked() as blocks:
+            return sorted((b for b in blocks if not b.expired(now)), key=lambda b: b.since)
+
+    def get(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
+        """The active block of exactly this address or CIDR, if any."""
+        net = as_network(target)
+        return next((b for b in self.blocks() if b.net == net), None)
+
+    def kernel_elements(self) -> dict[str, list[render.KernelElement]]:
+        """The elements the kernel holds now, by set name (empty if the table is absent)."""
+        try:
+            doc = self._nft.run_json(render.list_table(self.table))
+        except NftError as exc:
+            if exc.no_such_object:
+                return {}
+            raise
+        return render.parse_elements(doc, self.table)
+
+    def close(self, *, remove_table: bool = True) -> None:
+        """Clean exit: delete the table (``blocks.json`` stays, for the next start)."""
+        try:
+            if remove_table:
+                self._nft.run(render.delete_table(self.table))
+        finally:
+            if self._own_nft and isinstance(self._nft, Nft):
+                self._nft.close()
