@@ -144,8 +144,7 @@ class SniffSource(_EventSource):
                 self.tick(now)
             while pending:
                 yield pending.popleft()
-            if self._stopping:
-                break
+        # stop() makes the ring hand over what it still holds, then batches() ends
         self.table.close(time.time())
         while pending:
             yield pending.popleft()
