@@ -267,6 +267,7 @@ class Hold:
         except OSError:
             pass
         try:
+            _ = self.owners  # ready before the first packet waits
             self._bind()
             if self.install_rules:
                 self._add_rules()
@@ -281,7 +282,7 @@ class Hold:
             seq = nl.next_seq()
             nl.request(nfq_cmd(seq, self.queue, NFQNL_CFG_CMD_BIND), seq, what="nfqueue bind")
         except NetlinkError as exc:
-            if exc.errno == 16:  # EBUSY
+            if exc.errno in (1, 16):  # EPERM (another socket owns it), EBUSY
                 raise RuntimeFailure(
                     f"NFQUEUE {self.queue} is bound by another program; choose another number"
                 ) from exc
@@ -466,12 +467,13 @@ class Hold:
                 found=Attribution.HOLD,
             )
         finally:
-            # whatever happened, the packet goes on
+            # whatever happened, the packet goes on (the send re-injects it: its cost is
+            # the packet's way through the stack, not part of the hold)
+            held = time.perf_counter() - t0
             try:
                 self._nl.send(nfq_verdict(self._nl.next_seq(), pkt.queue, pkt.packet_id, NF_ACCEPT))
             except OSError:
                 self.verdict_errors += 1
-        held = time.perf_counter() - t0
         self.packets += 1
         self.held_seconds += held
         self.max_held = max(self.max_held, held)

@@ -210,6 +210,8 @@ class ProcSocketIndex:
         order = new + sorted((p for p in pids if p not in new_set), reverse=True)
         scanned = 0
         result = None
+        # without the cgroup2 mount (``ip netns exec`` remounts /sys) only the uid filters
+        by_cgroup = cgroup_id is not None and self.cgroup_root is not None
         deferred: list[int] = []  # the socket's uid, another cgroup: searched last
         for p in order:
             if scanned >= self.max_pids or self.clock() > deadline:
@@ -220,9 +222,11 @@ class ProcSocketIndex:
                         continue
                 except OSError:
                     continue
-            if cgroup_id is not None and self._pid_cgroup(p) != cgroup_id:
-                deferred.append(p)
-                continue
+            if by_cgroup:
+                cg = self._pid_cgroup(p)
+                if cg is not None and cg != cgroup_id:
+                    deferred.append(p)
+                    continue
             scanned += 1
             if self._scan_pid(p, target):
                 result = p
