@@ -517,11 +517,6 @@ def test_sniff_counts_offloaded_super_packets_as_their_segments(tmp_path: Path) 
     assert_same_flows(replay(pcap, pair.SRV4, pair.SRV6), "replay", raw.flows, "the capture")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replay expires flows only every 2048 packets (ReplaySource), so a packet after a "
-    "flow's timeout joins the ended flow, where sniff starts a new one",
-)
 def test_replay_ends_flows_by_packet_time_as_sniff_does(tmp_path: Path) -> None:
     """A SYN answered by RST, then, past the close linger (2 s), an ACK on the same ports:
     two flows for sniff (the first ended by its linger), so two for replay too."""

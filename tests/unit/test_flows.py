@@ -196,3 +196,16 @@ def test_active_since_snapshots_recent_open_flows() -> None:
         (3, 2, 160, EventType.NEW, 1.0)
     ]
     assert snaps[0].flow == out[1].flow
+
+
+def test_a_timed_out_flow_is_ended_by_its_next_packet() -> None:
+    t, out = table()
+    t.packet(0.0, pkt(A, B, 5, 6, flags=SYN))
+    t.packet(0.1, pkt(B, A, 6, 5, flags=RST | ACK))
+    t.packet(3.0, pkt(A, B, 5, 6, flags=ACK))  # past the 2 s linger, no expire() in between
+    t.packet(3.1, pkt(B, A, 6, 5, flags=RST))
+    t.packet(40.0, pkt(A, C, 7, 8, proto=17))
+    t.packet(71.0, pkt(A, C, 7, 8, proto=17))  # UDP idle 31 s > 30 s
+    t.close()
+    ends = [(e.sport, e.orig_pkts, e.resp_pkts) for e in out if e.event is EventType.END]
+    assert sorted(ends) == [(5, 1, 1), (5, 1, 1), (7, 1, 0), (7, 1, 0)]

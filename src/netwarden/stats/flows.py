@@ -238,10 +238,16 @@ class FlowTable:
             key = (proto, dst, dport, src, sport, aux)
         f = self.flows.get(key)
         flags: int = p[F_FLAGS] if proto == _TCP else 0  # type: ignore[assignment]
-        if f is not None and f.closing and flags & (_SYN | _ACK) == _SYN:
-            # a new connection on a closing flow's tuple: the old one ends now
-            self._end(f, ts)
-            f = None
+        if f is not None:
+            if f.closing:
+                if flags & (_SYN | _ACK) == _SYN or ts - f.closing > self._tmo[_Q_CLOSING]:
+                    # a new connection on a closing flow's tuple, or past the linger
+                    self._end(f, ts)
+                    f = None
+            elif ts - f.last > self._tmo[f.q]:
+                # timed out before expire() came round to it (between batches, in replays)
+                self._end(f, ts)
+                f = None
         if f is None:
             f = self._new_flow(key, p, src, sport, dst, dport, aux, flags, ts, ifindex)
             new = True
