@@ -111,3 +111,9 @@ def test_events_option() -> None:
     assert parse_events_option("new, end") == {"new", "end"}
     with pytest.raises(UsageError, match="--events 'new,bogus'"):
         parse_events_option("new,bogus")
+
+
+def test_to_dict_has_every_field_in_interface_order() -> None:
+    from netwarden.events import FIELDS
+
+    assert tuple(ev().to_dict()) == FIELDS

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_network
 from typing import Any
 
@@ -174,7 +174,7 @@ class Store:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
-        self._pending_flows: dict[str, tuple[Any, ...]] = {}
+        self._pending_flows: dict[str, Event] = {}
         self._pending_events: list[tuple[Any, ...]] = []
         self.written = 0
         self.conn = self._open()
@@ -239,9 +239,18 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def add(self, e: Event) -> None:
-        """Buffer an event; it is written at the next :meth:`flush`."""
-        if e.scan is None and e.event in (EventType.NEW, EventType.END) and e.flow:
-            self._pending_flows[e.flow] = _flow_row(e)
+        """Buffer an event; it is written at the next :meth:`flush`.
+
+        Only a flow's latest event is kept until then (a short flow's ``new`` and ``end``
+        become one row), and rows are built at flush time.
+        """
+        fid = e.flow
+        if e.scan is None and e.event in (EventType.NEW, EventType.END) and fid:
+            old = self._pending_flows.get(fid)
+            if old is not None and e.process.pid is None and old.process.pid is not None:
+                # keep what attribution found on the earlier event
+                e = replace(e, process=old.process, attribution=old.attribution)
+            self._pending_flows[fid] = e
         else:
             d = e.to_dict()
             self._pending_events.append(
@@ -256,7 +265,7 @@ class Store:
         """Write everything buffered in one transaction; returns the rows written."""
         if not self._pending_flows and not self._pending_events:
             return 0
-        flows = list(self._pending_flows.values())
+        flows = [_flow_row(e) for e in self._pending_flows.values()]
         events = self._pending_events
         self._pending_flows = {}
         self._pending_events = []
