@@ -147,6 +147,7 @@ class Blocker:
         self._clock = clock
         self._guard = guard
         self.table = table
+        self._cache: tuple[tuple[int, int, int], list[Block]] | None = None
         render.ruleset(table)  # validates the name
 
     # ------------------------------------------------------------------ state file
@@ -170,6 +171,15 @@ class Blocker:
 
     def _read(self) -> list[Block]:
         try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cache is not None and self._cache[0] == key:
+            return list(self._cache[1])  # unchanged since we last read or wrote it
+        try:
             text = self.path.read_text()
         except FileNotFoundError:
             return []
@@ -192,22 +202,23 @@ class Blocker:
                 blocks.append(Block.from_dict(item))
             except (ValueError, KeyError, TypeError, UsageError) as exc:
                 log.warning("%s: skipping a bad entry %r (%s)", self.path, item, exc)
+        self._cache = (key, list(blocks))
         return blocks
 
     def _write(self, blocks: list[Block]) -> None:
-        doc = {
-            "version": _VERSION,
-            "table": f"{render.FAMILY} {self.table}",
-            "blocks": [b.to_dict() for b in blocks],
-        }
+        # one block per line: readable, and cheap to write
+        head = json.dumps({"version": _VERSION, "table": f"{render.FAMILY} {self.table}"})
+        rows = "".join(f"\n {json.dumps(b.to_dict())}," for b in blocks).rstrip(",")
+        text = f'{head[:-1]}, "blocks": [{rows}{chr(10) if rows else ""}]}}\n'
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w") as f:
-                json.dump(doc, f, indent=1)
-                f.write("\n")
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
+                st = os.fstat(f.fileno())
             os.replace(tmp, self.path)
+            self._cache = ((st.st_ino, st.st_mtime_ns, st.st_size), list(blocks))
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
