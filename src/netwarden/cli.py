@@ -147,7 +147,17 @@ def _add_capture_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-i", "--iface", metavar="IFACE", help="interface (default: all)")
     p.add_argument(
-        "--snaplen", type=int, default=262144, metavar="N", help="bytes kept of each packet"
+        "--snaplen",
+        type=int,
+        metavar="N",
+        help="bytes kept of each packet (sniff: 262144; run: 512, enough for headers and DNS)",
+    )
+    p.add_argument(
+        "-B",
+        "--buffer-size",
+        type=int,
+        metavar="KIB",
+        help="capture ring size in KiB, as tcpdump's -B (sniff: 65536; run: 16384)",
     )
     p.add_argument("filter", nargs="*", help="a tcpdump filter expression")
 
@@ -372,15 +382,26 @@ def _check_backend(args: argparse.Namespace) -> None:
     if args.backend is None:
         args.backend = "auto"
     if args.backend in ("ebpf", "conntrack"):
-        from netwarden.errors import MissingCapability
-
-        raise MissingCapability(
-            f"backend {args.backend!r} is not in this version of netwarden",
-            "use --backend sniff (or auto)",
+        raise UsageError(
+            "sniff is the packet backend; ebpf and conntrack are for run and log",
+            option="--backend",
+            value=args.backend,
+            allowed="auto, sniff",
         )
-    if args.snaplen < 64 or args.snaplen > 262144:
+    if args.snaplen is None:
+        args.snaplen = 262144
+    if args.buffer_size is None:
+        args.buffer_size = 65536
+    if not 64 <= args.snaplen <= 262144:
         raise UsageError(
             "out of range", option="--snaplen", value=args.snaplen, allowed="64-262144"
+        )
+    if not 2048 <= args.buffer_size <= 1 << 22:
+        raise UsageError(
+            "out of range",
+            option="--buffer-size",
+            value=args.buffer_size,
+            allowed="2048-4194304 KiB",
         )
 
 
@@ -408,60 +429,40 @@ def _print_summary(summary: dict[str, Any], err: TextIO) -> None:
     )
 
 
-def _emit_loop(source: Any, printer: Printer, limit: int | None, extra: Any = None) -> None:
+def _emit_loop(source: Any, printer: Printer, limit: int | None) -> None:
     for event in source:
         printer(event)
-        if extra is not None:
-            extra(event)
         if limit is not None and printer.count >= limit:
             source.stop()
             break
 
 
 # ---------------------------------------------------------------------------- commands
-def _live(args: argparse.Namespace, default_events: str | None, jsonl: str | None) -> int:
+def cmd_sniff(args: argparse.Namespace) -> int:
     from netwarden.capture.packets import SniffSource
 
     _check_backend(args)
-    printer = _printer(args, sys.stdout, default_events)
-    jsonl_file = None
-    if jsonl:
-        try:
-            jsonl_file = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise UsageError(exc.strerror or str(exc), option="--jsonl", value=jsonl) from None
+    printer = _printer(args, sys.stdout, None)
     src = SniffSource(
         args.iface,
         _filter_text(args.filter),
         snaplen=args.snaplen,
         tcp_connections_only=args.tcp_connects,
         inspector=_inspector(args),
+        buffer_kib=args.buffer_size,
     )
     _install_stop(src.stop)
-    where = args.iface or "all interfaces"
-    sys.stderr.write(f"listening on {where}\n")
+    sys.stderr.write(f"listening on {args.iface or 'all interfaces'}\n")
     sys.stderr.flush()
-
-    def to_jsonl(e: Any) -> None:
-        assert jsonl_file is not None
-        jsonl_file.write(e.to_json() + "\n")
-        jsonl_file.flush()
-
     try:
-        _emit_loop(src, printer, args.count, to_jsonl if jsonl_file else None)
+        _emit_loop(src, printer, args.count)
         captured, dropped = src.kernel_stats()
     finally:
         src.close()
-        if jsonl_file is not None:
-            jsonl_file.close()
     if args.stats:
         _print_summary(src.summary(), sys.stderr)
     sys.stderr.write(f"{captured} packets captured\n{dropped} packets dropped by kernel\n")
     return 0
-
-
-def cmd_sniff(args: argparse.Namespace) -> int:
-    return _live(args, None, None)
 
 
 _RUN_KEYS = (
@@ -508,10 +509,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from netwarden import daemon
 
     cfg = _config(args)
-    if args.snaplen < 64 or args.snaplen > 262144:
-        raise UsageError(
-            "out of range", option="--snaplen", value=args.snaplen, allowed="64-262144"
-        )
     printer = _printer(args, sys.stdout, "new")
     token = _token(cfg)
 

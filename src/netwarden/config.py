@@ -220,6 +220,8 @@ class Config:
     dump_listen: str | None = None
     dump_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     max_flows: int = 262144
+    buffer_size: int = 16384
+    snaplen: int = 512
 
     def effective_state_dir(self) -> str:
         return self.state_dir or default_state_dir()
@@ -247,6 +249,8 @@ SCHEMA: dict[str, Callable[[object, str], Any]] = {
     "dump_listen": _listen_or_none,
     "dump_allow": _cidrs,
     "max_flows": _int(1024, 1 << 24),
+    "buffer_size": _int(2048, 1 << 22),
+    "snaplen": _int(64, 262144),
 }
 assert set(SCHEMA) == {f.name for f in fields(Config)}
 

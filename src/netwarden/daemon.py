@@ -351,7 +351,7 @@ def _run(
         from netwarden.stats.names import NameCache
 
         names = NameCache()
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"snaplen": cfg.snaplen, "buffer_kib": cfg.buffer_size}
         if cfg.backend in ("sniff", "auto"):
             from netwarden.stats.packets import PayloadInspector
 

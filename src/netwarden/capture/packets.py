@@ -112,11 +112,19 @@ class SniffSource(_EventSource):
         tcp_connections_only: bool = False,
         poll_interval: float = 0.2,
         inspector: PayloadInspector | None = None,
+        buffer_kib: int = 65536,
     ) -> None:
         from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
         from netwarden.hostaddrs import local_addresses
 
-        self.ring = RingCapture(iface, filter_expr=filter_expr, snaplen=snaplen)
+        # the ring in 1 MiB blocks (tcpdump's -B is in KiB too); at least 2 blocks
+        self.ring = RingCapture(
+            iface,
+            filter_expr=filter_expr,
+            snaplen=snaplen,
+            block_size=1 << 20,
+            block_count=max(2, buffer_kib // 1024),
+        )
         super().__init__(
             Source.SNIFF,
             local_addrs=local_addresses() if local_addrs is None else local_addrs,

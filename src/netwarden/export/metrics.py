@@ -8,6 +8,7 @@ Event-driven counters are updated by :meth:`Metrics.observe`; the components' ow
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -83,6 +84,7 @@ class Metrics:
         self.error_sources: list[StageCounts] = []
         self.extra_counters: list[tuple[str, str, Callable[[], float]]] = []
         self.blocked_hosts: Callable[[], int] = lambda: 0
+        self._children: dict[tuple[object, ...], tuple[Any, Any]] = {}
         for method in ("kernel", "hold", "socket", "none"):
             self.attribution.labels(method=method)
         for kind in ("port", "sweep"):
@@ -100,8 +102,15 @@ class Metrics:
     def observe(self, e: Event) -> None:
         kind = e.event
         if kind is EventType.NEW:
-            self.flows.labels(proto=str(e.proto), direction=str(e.direction)).inc()
-            self.attribution.labels(method=str(e.attribution)).inc()
+            key = (e.proto, e.direction, e.attribution)
+            children = self._children.get(key)
+            if children is None:  # label lookups cost microseconds: once per combination
+                children = self._children[key] = (
+                    self.flows.labels(proto=e.proto.value, direction=e.direction.value),
+                    self.attribution.labels(method=e.attribution.value),
+                )
+            children[0].inc()
+            children[1].inc()
             if e.ipproto == 6:
                 self.new_connections.inc()
         elif kind is EventType.SCAN and e.scan is not None:

@@ -70,10 +70,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         _FLOWS_DDL,
         "CREATE INDEX flows_last ON flows(last)",
-        "CREATE INDEX flows_first ON flows(first)",
         "CREATE INDEX flows_remote ON flows(remote_bin)",
         "CREATE INDEX flows_pid ON flows(pid)",
-        "CREATE INDEX flows_dport ON flows(dport)",
         "CREATE TABLE events (id INTEGER PRIMARY KEY, ts REAL NOT NULL, event TEXT NOT NULL, "
         "scanner TEXT, kind TEXT, data TEXT NOT NULL)",
         "CREATE INDEX events_ts ON events(ts)",
