@@ -9,6 +9,7 @@ namespace's firewall; the namespaces (``nwt-blk-...``) are deleted in ``finally`
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -443,6 +444,17 @@ def kernel_timeouts(lab: Lab, set_name: str) -> dict[str, float | None]:
     return out
 
 
+def conntrack(lab: Lab) -> str | None:
+    """The server's conntrack table as text, None where the kernel does not show it."""
+    p = subprocess.run(
+        ["ip", "netns", "exec", lab.srv, "cat", "/proc/net/nf_conntrack"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return p.stdout if p.returncode == 0 else None
+
+
 def no_table(lab: Lab) -> bool:
     return "netwarden" not in lab.nft("list", "tables").stdout
 
@@ -479,6 +491,12 @@ def test_a_blocked_sources_new_connections_are_dropped(lab: Lab, family: int) ->
     # a closed port is not answered with a RST either: the SYN never got there
     assert cli.result("tcp_connect", src=bad, port=TCP_PORT + 1, **kw) == "timeout"
     assert cli.result("tcp_connect", src=good, port=TCP_PORT + 1, **kw) == "refused"
+    # the dropped attempts left no conntrack entry (TCP before conntrack, the others unconfirmed)
+    tracked = conntrack(lab)
+    if tracked is not None:
+        # (IPv6 addresses are written out in full there)
+        bad_x, good_x = (ipaddress.ip_address(a).exploded for a in (bad, good))
+        assert f"src={bad_x} " not in tracked and f"src={good_x} " in tracked
 
     # and after unblock it gets through again
     assert lab.blocker(srv, "unblock", target=bad)["addr"] == bad
