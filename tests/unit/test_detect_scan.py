@@ -600,3 +600,36 @@ def test_bad_config_names_the_key(bad: dict[str, object]) -> None:
     with pytest.raises(UsageError) as ei:
         DetectorConfig(**bad)  # type: ignore[arg-type]
     assert next(iter(bad)) in str(ei.value)
+
+
+# ---------------------------------------------------------------------- with the flow table
+def test_a_slow_syn_scan_through_the_flow_table() -> None:
+    """SYNs to closed ports answered by RST, 20 s apart: the flow table ends each flow 2 s
+    after its RST with one answering packet (a failed attempt, 3 points): the third closed
+    port is a scan as soon as its SYN is seen (3 + 3 + 2 > 6), where answered connections
+    would need a fourth port."""
+    from netwarden.stats.flows import FlowTable
+
+    syn, rst_ack = 0x02, 0x14
+    events: list[Event] = []
+    table = FlowTable(events.append, local_addrs=[HOST.packed], id_prefix="t")
+    det = ScanDetector()
+    out: list[tuple[float, Event]] = []
+
+    def packet(
+        t: float, src: IPAddress, dst: IPAddress, ports: tuple[int, int], flags: int
+    ) -> None:
+        table.packet(t, (4, 6, src.packed, dst.packed, *ports, 40, flags, 0, 0, None, 0))
+        table.expire(t)
+        for e in events:
+            out.extend((t, s) for s in det.feed(e, t))
+        events.clear()
+
+    for i, port in enumerate((21, 23, 25)):
+        t = 20.0 * i
+        packet(t, SCANNER, HOST, (40000 + i, port), syn)
+        packet(t + 0.001, HOST, SCANNER, (port, 40000 + i), rst_ack)
+        packet(t + 2.5, SCANNER, OTHER, (1, 1), syn)  # time passes: flows end
+    assert [(t, s.scan) for t, s in out] == [
+        (40.0, ScanInfo(SCANNER, ScanKind.PORT, (21, 23, 25), 1, 60.0, probes=3))
+    ]
