@@ -1,0 +1,1053 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * netwarden: exact process attribution at the socket hooks.
+ *
+ * Programs (attached by src/netwarden/capture/ebpf.py; cgroup ones on the cgroup v2 root):
+ *
+ *  sockops              TCP_CONNECT_CB: an outbound TCP flow, identity of the connecting task.
+ *                       TCP_LISTEN_CB: remember the listener's process (by netns, address, port).
+ *                       PASSIVE_ESTABLISHED_CB: an accepted TCP flow, owned by the listener's
+ *                       process; a loopback one is the initiator's (already reported): ignored.
+ *  cgroup/connect4/6,   UDP: remember the process using the socket (process context; the
+ *  cgroup/sendmsg4/6,   packet hooks below may run elsewhere and must not trust `current`).
+ *  cgroup/post_bind4/6
+ *  cgroup_skb/egress,   per-socket IP-layer bytes and packets (a GSO packet counts as its
+ *  cgroup_skb/ingress   segments); UDP flows are created here, one per (socket, remote).
+ *  tp_btf/inet_sock_set_state  a TCP socket closed: `end` with the final counters.
+ *  cgroup/sock_release  a UDP socket released: user space ends its flows.
+ *  tp_btf/tcp_send_reset, tp_btf/kfree_skb  inbound TCP SYN / UDP datagram to a closed port.
+ *  iter/bpf_sk_storage_map  the TCP flows still open (at stop, or for a snapshot).
+ *
+ * Every record carries the socket's network namespace; with nw_netns set, other namespaces
+ * are skipped before any work.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#include "netwarden.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IFF_LOOPBACK 0x8
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* set by user space before loading: the namespace to watch (0: all) */
+const volatile __u32 nw_netns = 0;
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by user space */
+} nw_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NW_NHOOKS * NW_NSTATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} nw_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} nw_ctl SEC(".maps"); /* [0] flush mode (NW_CTL_*), [1] the flow counter */
+
+/* per socket: its process, and for TCP the flow's counters */
+struct nw_sock {
+	struct nw_ident owner;
+	struct nw_counters c;
+	__u64 flow; /* TCP: this socket's flow, 0 when none */
+	__u8 laddr[16]; /* TCP: the flow's addresses and ports (gone from the socket at close) */
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 netns;
+	__u8 state; /* NW_SK_* */
+	__u8 dir;
+	__u8 has_owner;
+	__u8 flags;
+	__u8 af;
+	__u8 _pad[7];
+};
+#define NW_SK_NONE 0
+#define NW_SK_OPEN 1  /* a TCP flow is being counted and will be ended */
+#define NW_SK_ENDED 2 /* its end was reported (by the state change or a flush) */
+#define NW_SKF_UDP 0x80 /* in nw_sock.flags: the socket has UDP flows (report its release) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct nw_sock);
+} nw_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct nw_udp_key);
+	__type(value, struct nw_udp_flow);
+} nw_udp SEC(".maps");
+
+/* listening TCP sockets: whose they are */
+struct nw_listen_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+	__u8 addr[16];
+};
+struct nw_listener {
+	struct nw_ident who;
+	__u64 cookie;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nw_listen_key);
+	__type(value, struct nw_listener);
+} nw_listeners SEC(".maps");
+
+/* the handshake of a connection being accepted, counted on the listener and the request
+ * socket, until the accepted socket exists */
+struct nw_hs_key {
+	__u32 netns;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+struct nw_hs {
+	__u64 tx_bytes, rx_bytes, tx_pkts, rx_pkts, first_ns;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nw_hs_key);
+	__type(value, struct nw_hs);
+} nw_handshakes SEC(".maps");
+
+/* ------------------------------------------------------------------ small helpers */
+
+static __always_inline void stat_add(__u32 hook, __u32 what)
+{
+	__u32 k = hook * NW_NSTATS + what;
+	__u64 *v = bpf_map_lookup_elem(&nw_stats, &k);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline __u64 next_flow(void)
+{
+	__u32 k = 1;
+	__u64 *v = bpf_map_lookup_elem(&nw_ctl, &k);
+
+	if (!v)
+		return 0;
+	return __sync_fetch_and_add(v, 1) + 1;
+}
+
+static __always_inline int netns_wanted(__u32 netns)
+{
+	return nw_netns == 0 || netns == nw_netns;
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline void set_v4(__u8 *a, __u32 addr)
+{
+	__u32 *w = (__u32 *)a;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0xffff);
+	w[3] = addr;
+}
+
+/* The identity of the running task. Only meaningful in process context. */
+static __always_inline void fill_ident(struct nw_ident *id)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+
+	id->tid = BPF_CORE_READ(t, pid);
+	id->tgid = BPF_CORE_READ(t, tgid);
+	id->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	id->uid = BPF_CORE_READ(t, cred, euid.val);
+	id->gid = BPF_CORE_READ(t, cred, egid.val);
+	id->_pad = 0;
+	id->cgroup_id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	id->start_boottime = BPF_CORE_READ(leader, start_boottime);
+	BPF_CORE_READ_STR_INTO(&id->comm, t, comm);
+	BPF_CORE_READ_STR_INTO(&id->pcomm, leader, comm);
+}
+
+/* No process known: only the socket's uid. */
+static __always_inline void fill_uid_only(struct nw_ident *id, const struct sock *sk)
+{
+	__builtin_memset(id, 0, sizeof(*id));
+	id->uid = BPF_CORE_READ(sk, sk_uid.val);
+	id->gid = (__u32)-1;
+}
+
+/* The socket's addresses and ports (local and remote). */
+static __always_inline __u16 sk_tuple(const struct sock *sk, __u8 *laddr, __u8 *raddr,
+				      __u16 *lport, __u16 *rport)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET6) {
+		bpf_probe_read_kernel(laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		set_v4(laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		set_v4(raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	*lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	*rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return family;
+}
+
+/* Is the socket's route through a loopback device (the peer is on this host)? */
+static __always_inline int sk_route_is_loopback(const struct sock *sk)
+{
+	struct dst_entry *dst = BPF_CORE_READ(sk, sk_dst_cache);
+	unsigned int flags;
+
+	if (!dst)
+		return 0;
+	flags = BPF_CORE_READ(dst, dev, flags);
+	return (flags & IFF_LOOPBACK) != 0;
+}
+
+static __always_inline struct nw_record *reserve(__u32 hook)
+{
+	struct nw_record *r = bpf_ringbuf_reserve(&nw_events, sizeof(*r), 0);
+
+	if (!r) {
+		stat_add(hook, NW_S_LOST);
+		return 0;
+	}
+	__builtin_memset(r, 0, sizeof(*r));
+	r->hook = hook;
+	r->ts_ns = bpf_ktime_get_ns();
+	return r;
+}
+
+static __always_inline void submit(struct nw_record *r, __u32 hook)
+{
+	bpf_ringbuf_submit(r, 0);
+	stat_add(hook, NW_S_EVENTS);
+}
+
+/* A GSO packet counts as its segments, each with its own headers. */
+static __always_inline void count(struct nw_counters *c, int egress, __u64 len, __u32 segs,
+				  __u32 hdrlen, __u64 now)
+{
+	__u64 bytes = len;
+
+	if (segs > 1)
+		bytes += (__u64)(segs - 1) * hdrlen;
+	else
+		segs = 1;
+	if (egress) {
+		__sync_fetch_and_add(&c->tx_bytes, bytes);
+		__sync_fetch_and_add(&c->tx_pkts, segs);
+	} else {
+		__sync_fetch_and_add(&c->rx_bytes, bytes);
+		__sync_fetch_and_add(&c->rx_pkts, segs);
+	}
+	c->last_ns = now;
+}
+
+/* ------------------------------------------------------------------ TCP */
+
+static __always_inline void tcp_connect(struct bpf_sock_ops *ctx)
+{
+	struct bpf_sock_ops_kern *k = bpf_cast_to_kern_ctx(ctx);
+	struct sock *sk = k->sk;
+	struct bpf_sock *bsk = ctx->sk;
+	struct nw_sock *s;
+	struct nw_record *r;
+	__u32 netns;
+	__u64 now;
+
+	if (!sk || !bsk)
+		return;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return;
+	stat_add(NW_H_TCP_CONNECT, NW_S_CALLS);
+	s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(NW_H_TCP_CONNECT, NW_S_ERRORS);
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	fill_ident(&s->owner);
+	s->has_owner = 1;
+	__builtin_memset(&s->c, 0, sizeof(s->c));
+	s->c.first_ns = now;
+	s->c.last_ns = now;
+	s->flow = next_flow();
+	s->netns = netns;
+	s->dir = sk_route_is_loopback(sk) ? NW_DIR_LOCAL : NW_DIR_OUT;
+	s->flags = 0;
+	s->af = sk_tuple(sk, s->laddr, s->raddr, &s->lport, &s->rport);
+	s->state = NW_SK_OPEN;
+
+	r = reserve(NW_H_TCP_CONNECT);
+	if (!r)
+		return;
+	r->type = NW_REC_NEW;
+	r->proto = IPPROTO_TCP;
+	r->af = s->af;
+	__builtin_memcpy(r->laddr, s->laddr, 16);
+	__builtin_memcpy(r->raddr, s->raddr, 16);
+	r->lport = s->lport;
+	r->rport = s->rport;
+	r->dir = s->dir;
+	r->netns = netns;
+	r->cookie = bpf_get_socket_cookie(ctx);
+	r->flow = s->flow;
+	r->id = s->owner;
+	r->c = s->c;
+	submit(r, NW_H_TCP_CONNECT);
+}
+
+static __always_inline void listen_key(const struct sock *sk, struct nw_listen_key *key,
+				       __u32 netns)
+{
+	__u8 raddr[16];
+	__u16 rport;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	key->netns = netns;
+	sk_tuple(sk, key->addr, raddr, &key->port, &rport);
+}
+
+static __always_inline void tcp_listen(struct bpf_sock_ops *ctx)
+{
+	struct bpf_sock_ops_kern *k = bpf_cast_to_kern_ctx(ctx);
+	struct sock *sk = k->sk;
+	struct nw_listen_key key;
+	struct nw_listener l;
+	__u32 netns;
+
+	if (!sk)
+		return;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return;
+	stat_add(NW_H_TCP_LISTEN, NW_S_CALLS);
+	listen_key(sk, &key, netns);
+	fill_ident(&l.who);
+	l.cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&nw_listeners, &key, &l, BPF_ANY))
+		stat_add(NW_H_TCP_LISTEN, NW_S_ERRORS);
+}
+
+static __always_inline struct nw_listener *find_listener(struct nw_listen_key *key)
+{
+	struct nw_listener *l = bpf_map_lookup_elem(&nw_listeners, key);
+	__u32 *w = (__u32 *)key->addr;
+	int v4 = w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+
+	if (l)
+		return l;
+	if (v4) {
+		/* 0.0.0.0 */
+		w[3] = 0;
+		l = bpf_map_lookup_elem(&nw_listeners, key);
+		if (l)
+			return l;
+	}
+	/* :: (also takes IPv4 on a dual-stack socket) */
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = 0;
+	w[3] = 0;
+	return bpf_map_lookup_elem(&nw_listeners, key);
+}
+
+static __always_inline void tcp_accept(struct bpf_sock_ops *ctx)
+{
+	struct bpf_sock_ops_kern *k = bpf_cast_to_kern_ctx(ctx);
+	struct sock *sk = k->sk;
+	struct bpf_sock *bsk = ctx->sk;
+	struct nw_listen_key lkey;
+	struct nw_hs_key hkey;
+	struct nw_listener *l;
+	struct nw_hs *hs;
+	struct nw_sock *s;
+	struct nw_record *r;
+	__u32 netns;
+	__u64 now;
+
+	if (!sk || !bsk)
+		return;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return;
+	stat_add(NW_H_TCP_ACCEPT, NW_S_CALLS);
+
+	__builtin_memset(&hkey, 0, sizeof(hkey));
+	hkey.netns = netns;
+	sk_tuple(sk, hkey.laddr, hkey.raddr, &hkey.lport, &hkey.rport);
+	hs = bpf_map_lookup_elem(&nw_handshakes, &hkey);
+
+	/* Both ends on this host: the initiator's socket reports the flow. */
+	if (sk_route_is_loopback(sk)) {
+		if (hs)
+			bpf_map_delete_elem(&nw_handshakes, &hkey);
+		return;
+	}
+
+	s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(NW_H_TCP_ACCEPT, NW_S_ERRORS);
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	__builtin_memset(&s->c, 0, sizeof(s->c));
+	s->c.first_ns = now;
+	s->c.last_ns = now;
+	if (hs) {
+		s->c.tx_bytes = hs->tx_bytes;
+		s->c.rx_bytes = hs->rx_bytes;
+		s->c.tx_pkts = hs->tx_pkts;
+		s->c.rx_pkts = hs->rx_pkts;
+		if (hs->first_ns)
+			s->c.first_ns = hs->first_ns;
+		bpf_map_delete_elem(&nw_handshakes, &hkey);
+	}
+	__builtin_memset(&lkey, 0, sizeof(lkey));
+	lkey.netns = netns;
+	lkey.port = hkey.lport;
+	__builtin_memcpy(lkey.addr, hkey.laddr, 16);
+	l = find_listener(&lkey);
+	if (l) {
+		s->owner = l->who;
+		s->flags = NW_F_LISTENER;
+		s->has_owner = 1;
+	} else {
+		fill_uid_only(&s->owner, sk);
+		s->flags = NW_F_NO_OWNER;
+		s->has_owner = 0;
+	}
+	s->flow = next_flow();
+	s->netns = netns;
+	s->dir = NW_DIR_IN;
+	s->af = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__builtin_memcpy(s->laddr, hkey.laddr, 16);
+	__builtin_memcpy(s->raddr, hkey.raddr, 16);
+	s->lport = hkey.lport;
+	s->rport = hkey.rport;
+	s->state = NW_SK_OPEN;
+
+	r = reserve(NW_H_TCP_ACCEPT);
+	if (!r)
+		return;
+	r->type = NW_REC_NEW;
+	r->proto = IPPROTO_TCP;
+	r->af = s->af;
+	__builtin_memcpy(r->laddr, hkey.laddr, 16);
+	__builtin_memcpy(r->raddr, hkey.raddr, 16);
+	r->lport = hkey.lport;
+	r->rport = hkey.rport;
+	r->dir = NW_DIR_IN;
+	r->flags = s->flags;
+	r->netns = netns;
+	r->cookie = bpf_get_socket_cookie(ctx);
+	r->flow = s->flow;
+	r->id = s->owner;
+	r->c = s->c;
+	submit(r, NW_H_TCP_ACCEPT);
+}
+
+SEC("sockops")
+int nw_sockops(struct bpf_sock_ops *ctx)
+{
+	switch (ctx->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		tcp_connect(ctx);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		tcp_accept(ctx);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		tcp_listen(ctx);
+		break;
+	}
+	return 1;
+}
+
+static __always_inline void fill_end(struct nw_record *r, struct nw_sock *s, __u64 cookie)
+{
+	r->type = NW_REC_END;
+	r->proto = IPPROTO_TCP;
+	r->af = s->af;
+	__builtin_memcpy(r->laddr, s->laddr, 16);
+	__builtin_memcpy(r->raddr, s->raddr, 16);
+	r->lport = s->lport;
+	r->rport = s->rport;
+	r->dir = s->dir;
+	r->flags = s->flags;
+	r->netns = s->netns;
+	r->cookie = cookie;
+	r->flow = s->flow;
+	r->id = s->owner;
+	r->c = s->c;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(nw_tcp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct nw_sock *s;
+	struct nw_record *r;
+	__u32 netns;
+
+	if (newstate != TCP_CLOSE || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 0;
+	stat_add(NW_H_TCP_STATE, NW_S_CALLS);
+	if (oldstate == TCP_LISTEN) {
+		struct nw_listen_key key;
+		struct nw_listener *l;
+
+		listen_key(sk, &key, netns);
+		l = bpf_map_lookup_elem(&nw_listeners, &key);
+		if (l && l->cookie == bpf_get_socket_cookie((void *)sk))
+			bpf_map_delete_elem(&nw_listeners, &key);
+		return 0;
+	}
+	s = bpf_sk_storage_get(&nw_socks, (void *)sk, 0, 0);
+	if (!s || s->state != NW_SK_OPEN)
+		return 0;
+	s->state = NW_SK_ENDED;
+	r = reserve(NW_H_TCP_STATE);
+	if (!r)
+		return 0;
+	fill_end(r, s, bpf_get_socket_cookie((void *)sk));
+	submit(r, NW_H_TCP_STATE);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ UDP identity */
+
+static __always_inline int note_owner(struct bpf_sock_addr *ctx, __u32 hook)
+{
+	struct bpf_sock_addr_kern *k;
+	struct bpf_sock *bsk = ctx->sk;
+	struct nw_sock *s;
+	__u64 pidtgid;
+	__u32 netns;
+
+	if (!bsk || ctx->protocol != IPPROTO_UDP)
+		return 1;
+	k = bpf_cast_to_kern_ctx(ctx);
+	if (!k->sk)
+		return 1;
+	netns = sk_netns(k->sk);
+	if (!netns_wanted(netns))
+		return 1;
+	stat_add(hook, NW_S_CALLS);
+	s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(hook, NW_S_ERRORS);
+		return 1;
+	}
+	pidtgid = bpf_get_current_pid_tgid();
+	if (s->has_owner && s->owner.tgid == (__u32)(pidtgid >> 32) &&
+	    s->owner.tid == (__u32)pidtgid)
+		return 1;
+	fill_ident(&s->owner);
+	s->has_owner = 1;
+	s->netns = netns;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int nw_connect4(struct bpf_sock_addr *ctx)
+{
+	return note_owner(ctx, NW_H_CONNECT4);
+}
+
+SEC("cgroup/connect6")
+int nw_connect6(struct bpf_sock_addr *ctx)
+{
+	return note_owner(ctx, NW_H_CONNECT6);
+}
+
+SEC("cgroup/sendmsg4")
+int nw_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return note_owner(ctx, NW_H_SENDMSG4);
+}
+
+SEC("cgroup/sendmsg6")
+int nw_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return note_owner(ctx, NW_H_SENDMSG6);
+}
+
+static __always_inline int note_bind(struct bpf_sock *ctx, __u32 hook)
+{
+	struct sock *sk;
+	struct nw_sock *s;
+	__u32 netns;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	sk = bpf_cast_to_kern_ctx(ctx);
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 1;
+	stat_add(hook, NW_S_CALLS);
+	s = bpf_sk_storage_get(&nw_socks, ctx, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(hook, NW_S_ERRORS);
+		return 1;
+	}
+	fill_ident(&s->owner);
+	s->has_owner = 1;
+	s->netns = netns;
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int nw_bind4(struct bpf_sock *ctx)
+{
+	return note_bind(ctx, NW_H_BIND4);
+}
+
+SEC("cgroup/post_bind6")
+int nw_bind6(struct bpf_sock *ctx)
+{
+	return note_bind(ctx, NW_H_BIND6);
+}
+
+SEC("cgroup/sock_release")
+int nw_release(struct bpf_sock *ctx)
+{
+	struct nw_sock *s;
+	struct nw_record *r;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	s = bpf_sk_storage_get(&nw_socks, ctx, 0, 0);
+	if (!s || !(s->flags & NW_SKF_UDP) || !netns_wanted(s->netns))
+		return 1;
+	stat_add(NW_H_RELEASE, NW_S_CALLS);
+	r = reserve(NW_H_RELEASE);
+	if (!r)
+		return 1;
+	r->type = NW_REC_RELEASE;
+	r->proto = IPPROTO_UDP;
+	r->af = ctx->family;
+	r->netns = s->netns;
+	r->cookie = bpf_get_socket_cookie(ctx);
+	submit(r, NW_H_RELEASE);
+	return 1;
+}
+
+/* ------------------------------------------------------------------ packets */
+
+struct nw_pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 hdrlen; /* IP + transport header */
+	__u8 proto;
+	__u8 tcpflags;
+	__u8 ok;
+};
+
+/* Parse the IP and TCP/UDP headers of a packet at the cgroup hooks (data = IP header). */
+static __always_inline int parse_skb(struct __sk_buff *skb, struct sk_buff *kskb,
+				     struct nw_pkt *p)
+{
+	__u8 vihl;
+	__u32 thoff;
+	__u16 ports[2];
+
+	if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
+		return -1;
+	thoff = (__u32)BPF_CORE_READ(kskb, transport_header) -
+		(__u32)BPF_CORE_READ(kskb, network_header);
+	if (vihl >> 4 == 4) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		p->proto = ip.protocol;
+		set_v4(p->saddr, ip.saddr);
+		set_v4(p->daddr, ip.daddr);
+		thoff = ip.ihl * 4;
+	} else if (vihl >> 4 == 6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		p->proto = ip6.nexthdr;
+		if (thoff < 40 || thoff > 512)
+			thoff = 40;
+	} else {
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, thoff, ports, 4))
+		return -1;
+	p->sport = bpf_ntohs(ports[0]);
+	p->dport = bpf_ntohs(ports[1]);
+	p->hdrlen = thoff + 8;
+	if (p->proto == IPPROTO_TCP) {
+		__u8 b[2];
+
+		if (bpf_skb_load_bytes(skb, thoff + 12, b, 2))
+			return -1;
+		p->hdrlen = thoff + (b[0] >> 4) * 4;
+		p->tcpflags = b[1];
+	}
+	return 0;
+}
+
+static __always_inline __u32 skb_segs(struct __sk_buff *skb)
+{
+	__u32 segs = skb->gso_segs;
+
+	return segs ? segs : 1;
+}
+
+/* A packet of a connection being accepted (on the listener or the request socket). */
+static __always_inline void handshake(struct __sk_buff *skb, struct sk_buff *kskb,
+				      __u32 netns, int egress)
+{
+	struct nw_hs_key key;
+	struct nw_pkt p;
+	struct nw_hs *hs;
+
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_skb(skb, kskb, &p) || p.proto != IPPROTO_TCP)
+		return;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.netns = netns;
+	if (egress) {
+		__builtin_memcpy(key.laddr, p.saddr, 16);
+		__builtin_memcpy(key.raddr, p.daddr, 16);
+		key.lport = p.sport;
+		key.rport = p.dport;
+	} else {
+		__builtin_memcpy(key.laddr, p.daddr, 16);
+		__builtin_memcpy(key.raddr, p.saddr, 16);
+		key.lport = p.dport;
+		key.rport = p.sport;
+	}
+	hs = bpf_map_lookup_elem(&nw_handshakes, &key);
+	if (!hs) {
+		struct nw_hs zero = {};
+
+		/* only a SYN starts one */
+		if (egress || (p.tcpflags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return;
+		zero.first_ns = bpf_ktime_get_ns();
+		bpf_map_update_elem(&nw_handshakes, &key, &zero, BPF_ANY);
+		hs = bpf_map_lookup_elem(&nw_handshakes, &key);
+		if (!hs)
+			return;
+	}
+	if (egress) {
+		__sync_fetch_and_add(&hs->tx_bytes, skb->len);
+		__sync_fetch_and_add(&hs->tx_pkts, 1);
+	} else {
+		__sync_fetch_and_add(&hs->rx_bytes, skb->len);
+		__sync_fetch_and_add(&hs->rx_pkts, 1);
+	}
+}
+
+static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *kskb,
+				       struct bpf_sock *bsk, const struct sock *sk, __u32 netns,
+				       int egress, __u32 hook)
+{
+	struct nw_udp_key key;
+	struct nw_udp_flow *f;
+	struct nw_sock *s;
+	struct nw_pkt p;
+	struct nw_record *r;
+	__u64 now = bpf_ktime_get_ns();
+
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_skb(skb, kskb, &p) || p.proto != IPPROTO_UDP)
+		return;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(key.raddr, egress ? p.daddr : p.saddr, 16);
+	key.rport = egress ? p.dport : p.sport;
+	f = bpf_map_lookup_elem(&nw_udp, &key);
+	if (!f) {
+		struct nw_udp_flow nf;
+		unsigned int devflags = BPF_CORE_READ(kskb, dev, flags);
+
+		__builtin_memset(&nf, 0, sizeof(nf));
+		s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!s) {
+			stat_add(hook, NW_S_ERRORS);
+			return;
+		}
+		if (s->has_owner) {
+			nf.who = s->owner;
+		} else if (egress) {
+			/* a UDP send runs in the sender's context */
+			fill_ident(&nf.who);
+		} else {
+			fill_uid_only(&nf.who, sk);
+			nf.flags = NW_F_NO_OWNER;
+		}
+		s->netns = netns;
+		s->flags |= NW_SKF_UDP;
+		if (devflags & IFF_LOOPBACK)
+			nf.dir = egress ? NW_DIR_LOCAL : NW_DIR_IN;
+		else
+			nf.dir = egress ? NW_DIR_OUT : NW_DIR_IN;
+		if (!egress && (devflags & IFF_LOOPBACK))
+			nf.flags |= NW_F_HIDDEN; /* the sender's flow reports it */
+		nf.c.first_ns = now;
+		nf.flow = next_flow();
+		count(&nf.c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+		if (bpf_map_update_elem(&nw_udp, &key, &nf, BPF_NOEXIST)) {
+			/* another CPU made it first: count there */
+			f = bpf_map_lookup_elem(&nw_udp, &key);
+			if (f)
+				count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+			return;
+		}
+		r = reserve(hook);
+		if (!r)
+			return;
+		r->type = NW_REC_NEW;
+		r->proto = IPPROTO_UDP;
+		r->af = bsk->family;
+		r->dir = nf.dir;
+		r->flags = nf.flags;
+		r->netns = netns;
+		r->cookie = key.cookie;
+		r->flow = nf.flow;
+		if (egress) {
+			__builtin_memcpy(r->laddr, p.saddr, 16);
+			__builtin_memcpy(r->raddr, p.daddr, 16);
+			r->lport = p.sport;
+			r->rport = p.dport;
+		} else {
+			__builtin_memcpy(r->laddr, p.daddr, 16);
+			__builtin_memcpy(r->raddr, p.saddr, 16);
+			r->lport = p.dport;
+			r->rport = p.sport;
+		}
+		r->id = nf.who;
+		r->c = nf.c;
+		submit(r, hook);
+		return;
+	}
+	count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+}
+
+static __always_inline int on_packet(struct __sk_buff *skb, int egress)
+{
+	__u32 hook = egress ? NW_H_EGRESS : NW_H_INGRESS;
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct sock *sk = kskb->sk;
+	struct bpf_sock *bsk;
+	struct nw_sock *s;
+	__u32 netns;
+	__u16 proto;
+
+	if (!sk)
+		return 1;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 1;
+	stat_add(hook, NW_S_CALLS);
+	bsk = skb->sk;
+	if (!bsk)
+		return 1;
+	proto = BPF_CORE_READ(sk, sk_protocol);
+	bsk = bpf_sk_fullsock(bsk);
+	if (!bsk)
+		return 1;
+	if (proto == IPPROTO_TCP) {
+		__u32 hdrlen;
+
+		if (bsk->state == BPF_TCP_LISTEN) {
+			/* the SYN and the handshake's last ACK in, the SYN-ACK out (the program
+			 * runs with the listener as the socket of a request socket's packet) */
+			handshake(skb, kskb, netns, egress);
+			return 1;
+		}
+		s = bpf_sk_storage_get(&nw_socks, bsk, 0, 0);
+		if (!s || s->state != NW_SK_OPEN)
+			return 1;
+		hdrlen = 0;
+		if (skb->gso_segs > 1) {
+			struct nw_pkt p;
+
+			__builtin_memset(&p, 0, sizeof(p));
+			if (parse_skb(skb, kskb, &p) == 0)
+				hdrlen = p.hdrlen;
+		}
+		count(&s->c, egress, skb->len, skb_segs(skb), hdrlen, bpf_ktime_get_ns());
+	} else if (proto == IPPROTO_UDP) {
+		udp_packet(skb, kskb, bsk, sk, netns, egress, hook);
+	}
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int nw_egress(struct __sk_buff *skb)
+{
+	return on_packet(skb, 1);
+}
+
+SEC("cgroup_skb/ingress")
+int nw_ingress(struct __sk_buff *skb)
+{
+	return on_packet(skb, 0);
+}
+
+/* ------------------------------------------------------------------ probes */
+
+/* An inbound packet to a closed port, read from a kernel sk_buff (tracing context). */
+static __always_inline void probe(const struct sk_buff *skb, __u8 want_proto, __u32 hook)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct nw_record *r;
+	__u8 saddr[16], daddr[16];
+	__u16 ports[2];
+	__u8 vihl, proto, flags = 0;
+	__u32 netns, len;
+	__u8 af;
+
+	if (!head || !dev)
+		return;
+	netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (!netns_wanted(netns))
+		return;
+	if (bpf_probe_read_kernel(&vihl, 1, head + nh))
+		return;
+	if (vihl >> 4 == 4) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return;
+		proto = ip.protocol;
+		set_v4(saddr, ip.saddr);
+		set_v4(daddr, ip.daddr);
+		th = nh + ip.ihl * 4;
+		len = bpf_ntohs(ip.tot_len);
+		af = AF_INET;
+	} else if (vihl >> 4 == 6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return;
+		proto = ip6.nexthdr;
+		__builtin_memcpy(saddr, &ip6.saddr, 16);
+		__builtin_memcpy(daddr, &ip6.daddr, 16);
+		if (th <= nh)
+			th = nh + 40;
+		len = 40 + bpf_ntohs(ip6.payload_len);
+		af = AF_INET6;
+	} else {
+		return;
+	}
+	if (proto != want_proto)
+		return;
+	if (bpf_probe_read_kernel(ports, 4, head + th))
+		return;
+	if (proto == IPPROTO_TCP) {
+		if (bpf_probe_read_kernel(&flags, 1, head + th + 13))
+			return;
+		/* a connection attempt: SYN without ACK */
+		if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return;
+	}
+	stat_add(hook, NW_S_CALLS);
+	r = reserve(hook);
+	if (!r)
+		return;
+	r->type = NW_REC_PROBE;
+	r->proto = proto;
+	r->af = af;
+	r->dir = (BPF_CORE_READ(dev, flags) & IFF_LOOPBACK) ? NW_DIR_LOCAL : NW_DIR_IN;
+	r->netns = netns;
+	__builtin_memcpy(r->laddr, daddr, 16);
+	__builtin_memcpy(r->raddr, saddr, 16);
+	r->lport = bpf_ntohs(ports[1]);
+	r->rport = bpf_ntohs(ports[0]);
+	r->c.rx_pkts = 1;
+	r->c.rx_bytes = len;
+	r->c.first_ns = r->ts_ns;
+	r->c.last_ns = r->ts_ns;
+	submit(r, hook);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(nw_tcp_reset, const struct sock *sk, const struct sk_buff *skb)
+{
+	/* with a socket it is a reset of an existing connection, not a probe */
+	if (sk || !skb)
+		return 0;
+	probe(skb, IPPROTO_TCP, NW_H_TCP_RESET);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(nw_skb_drop, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	if (reason != SKB_DROP_REASON_NO_SOCKET || !skb)
+		return 0;
+	probe(skb, IPPROTO_UDP, NW_H_SKB_DROP);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ open flows */
+
+SEC("iter/bpf_sk_storage_map")
+int nw_flush(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct sock *sk = ctx->sk;
+	struct nw_sock *s = ctx->value;
+	struct nw_record r;
+	__u32 k = 0;
+	__u64 *mode;
+
+	if (!sk || !s || s->state != NW_SK_OPEN)
+		return 0;
+	__builtin_memset(&r, 0, sizeof(r));
+	fill_end(&r, s, bpf_get_socket_cookie(sk));
+	r.hook = NW_H_FLUSH;
+	r.flags |= NW_F_FINAL;
+	r.ts_ns = bpf_ktime_get_ns();
+	mode = bpf_map_lookup_elem(&nw_ctl, &k);
+	if (mode && *mode == NW_CTL_FLUSH)
+		s->state = NW_SK_ENDED;
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
