@@ -263,3 +263,11 @@ def test_as_network_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError) as ei:
         as_network(text, "block")
     assert message in str(ei.value) and "block" in str(ei.value)
+
+
+def test_an_ipv4_mapped_scanner_is_its_ipv4_address() -> None:
+    p = policy()
+    mapped = ip_address("::ffff:203.0.113.66")
+    assert p.decide(scan(mapped), 0.0).offence == 1
+    assert p.decide(scan(SCANNER), 1.0).offence == 2
+    assert p.offences(SCANNER) == p.offences(mapped) == 2

@@ -237,7 +237,7 @@ class Policy:
             return no(f"{info.scanner} has an established connection")
         if not self.config.blocking:
             return no("blocking is off")
-        duration, offence = self._offend(ip_network(info.scanner), now)
+        duration, offence = self._offend(as_network(info.scanner), now)
         if info.kind is ScanKind.PORT:
             what = f"port scan: {len(info.ports)} ports"
             if scan.dst is not None:
