@@ -346,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "doctor",
+        help="which backends and blockers work here, why not, and how to fix",
+        description="A table of each capture backend and blocker: available or not, why, "
+        "and how to fix it. Exit 0 when at least one backend works, 3 when none does.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per check")
+    _add_common(p)
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("version", help="print the version")
     _add_common(p)
     p.set_defaults(func=cmd_version)
@@ -704,6 +714,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if src.error is not None:
         raise UsageError(str(src.error))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from netwarden.doctor import render, run_checks
+
+    checks = run_checks()
+    if args.json:
+        for c in checks:
+            print(json.dumps(dataclasses.asdict(c)))
+    else:
+        sys.stdout.write(render(checks))
+    return 0 if any(c.ok and c.kind == "backend" for c in checks) else 3
 
 
 def cmd_version(args: argparse.Namespace) -> int:
