@@ -6,11 +6,14 @@ STAMP_SYS  := $(VENV)/.system-ok
 STAMP_VENV := $(VENV)/.venv-ok
 PYTEST_ARGS ?=
 
-.PHONY: all setup system venv run test lint unit integration e2e bench clean
+LINT_DIRS := $(wildcard src tests bench tools)
+BPF_OBJ := build/bpf/netwarden.bpf.o
+
+.PHONY: all setup system venv bpf run test lint unit integration e2e bench clean
 
 all: setup
 
-setup: system venv
+setup: system venv bpf
 
 system: $(STAMP_SYS)
 $(STAMP_SYS): scripts/install-system.sh
@@ -24,12 +27,18 @@ $(STAMP_VENV): pyproject.toml $(STAMP_SYS)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# the eBPF objects (CO-RE); a machine without BTF or clang builds none and the ebpf backend
+# reports why (netwarden doctor) - everything else still works
+bpf: $(BPF_OBJ)
+$(BPF_OBJ): scripts/build-bpf.sh $(wildcard src/netwarden/bpf/*.c src/netwarden/bpf/*.h) $(STAMP_SYS)
+	bash scripts/build-bpf.sh build/bpf || echo "netwarden: eBPF objects not built (see above); the ebpf backend will be unavailable"
+
 run: setup
 	$(VENV)/bin/netwarden run
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench tools
-	$(VENV)/bin/ruff format --check src tests bench tools
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 	$(VENV)/bin/mypy
 
 unit: setup
