@@ -406,3 +406,13 @@ def test_missing_library_is_a_missing_capability() -> None:
         Nft("libnftables-not-here.so.1")
     assert ei.value.exit_code == 3
     assert "apt-get install libnftables1" in str(ei.value)
+
+
+def test_listing_blocks_needs_no_libnftables(tmp_path: Path, rec: Recorder, clock: Clock) -> None:
+    b = blocker(tmp_path, rec, clock)
+    b.start()
+    blk = b.block("192.0.2.7", 100.0)
+    # a reader (``netwarden blocks``) that could not load libnftables still lists
+    reader = Blocker(tmp_path, clock=clock)
+    assert reader.blocks() == [blk] and reader.get("192.0.2.7") == blk
+    assert reader._runner is None

@@ -6,7 +6,8 @@ the state dir, so blocks survive a restart, clean or not, with their remaining t
 
 API (what ``netwarden run``, ``blocks``, ``block`` and ``unblock`` wire)::
 
-    b = Blocker(state_dir, guard=policy.refusal)   # MissingCapability (exit 3): no libnftables
+    b = Blocker(state_dir, guard=policy.refusal)   # libnftables is loaded on first use:
+                               # MissingCapability (exit 3) there if libnftables1 is missing
     started = b.start()        # daemon start: replace whatever a crashed run left, recreate the
                                # table, restore the persisted blocks with their remaining time;
                                # started.restored / .expired (ran out while we were down:
@@ -142,8 +143,8 @@ class Blocker:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STATE_FILE
         self._lock_path = self.state_dir / LOCK_FILE
-        self._own_nft = nft is None
-        self._nft: NftRunner = nft if nft is not None else Nft()
+        self._runner: NftRunner | None = nft
+        self._own_nft: Nft | None = None
         self._clock = clock
         self._guard = guard
         self.table = table
@@ -225,6 +226,14 @@ class Blocker:
             raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
 
     # ------------------------------------------------------------------ kernel
+    @property
+    def _nft(self) -> NftRunner:
+        """libnftables, loaded on first use (listing blocks needs only the state file)."""
+        if self._runner is None:
+            self._own_nft = Nft()
+            self._runner = self._own_nft
+        return self._runner
+
     def _apply(self, commands: str, blocks: list[Block], now: float) -> None:
         """Run ``commands``; if the table is missing, create it with ``blocks`` instead."""
         try:
@@ -343,10 +352,10 @@ class Blocker:
         return gone
 
     def blocks(self) -> list[Block]:
-        """The active blocks, oldest first (from ``blocks.json``)."""
+        """The active blocks, oldest first (from ``blocks.json``; needs neither the lock nor
+        libnftables: the file is only ever replaced whole)."""
         now = self._clock()
-        with self._locked() as blocks:
-            return sorted((b for b in blocks if not b.expired(now)), key=lambda b: b.since)
+        return sorted((b for b in self._read() if not b.expired(now)), key=lambda b: b.since)
 
     def get(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
         """The active block of exactly this address or CIDR, if any."""
@@ -369,5 +378,6 @@ class Blocker:
             if remove_table:
                 self._nft.run(render.delete_table(self.table))
         finally:
-            if self._own_nft and isinstance(self._nft, Nft):
-                self._nft.close()
+            if self._own_nft is not None:
+                self._own_nft.close()
+                self._own_nft = self._runner = None
