@@ -1,0 +1,259 @@
+"""The eBPF backend's records (ring buffer, flush iterator, UDP flow map) → values. Pure.
+
+The layouts mirror ``src/netwarden/bpf/netwarden.h``; change both together. Integers are
+little-endian (host order on the machines netwarden runs on), ports in host order, and
+addresses 16 bytes with IPv4 as IPv4-mapped IPv6. A buffer too short for a record, or a
+record of an unknown type, raises :class:`RecordError`; callers count and skip it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Final
+
+__all__ = [
+    "DIR_IN",
+    "DIR_LOCAL",
+    "DIR_OUT",
+    "F_FINAL",
+    "F_HIDDEN",
+    "F_LISTENER",
+    "F_NO_OWNER",
+    "HOOK_NAMES",
+    "RECORD_SIZE",
+    "REC_END",
+    "REC_NEW",
+    "REC_PROBE",
+    "REC_RELEASE",
+    "UDP_FLOW_SIZE",
+    "UDP_KEY_SIZE",
+    "Counters",
+    "Ident",
+    "Record",
+    "RecordError",
+    "address",
+    "decode_record",
+    "decode_records",
+    "decode_stats",
+    "decode_udp_flow",
+    "udp_key",
+]
+
+REC_NEW: Final = 1
+REC_END: Final = 2
+REC_PROBE: Final = 3
+REC_RELEASE: Final = 4
+_TYPES: Final = frozenset((REC_NEW, REC_END, REC_PROBE, REC_RELEASE))
+
+DIR_OUT: Final = 0
+DIR_IN: Final = 1
+DIR_LOCAL: Final = 2
+
+F_HIDDEN: Final = 0x01
+F_NO_OWNER: Final = 0x02
+F_LISTENER: Final = 0x04
+F_FINAL: Final = 0x08
+
+#: Hook names by index (NW_H_*), as used in the per-hook counters.
+HOOK_NAMES: Final[tuple[str, ...]] = (
+    "sockops_connect",
+    "sockops_accept",
+    "sockops_listen",
+    "inet_sock_set_state",
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "post_bind4",
+    "post_bind6",
+    "skb_egress",
+    "skb_ingress",
+    "sock_release",
+    "tcp_send_reset",
+    "kfree_skb",
+    "flush",
+)
+#: Counter names per hook (NW_S_*).
+STAT_NAMES: Final[tuple[str, ...]] = ("calls", "events", "lost", "errors")
+
+AF_INET: Final = 2
+AF_INET6: Final = 10
+
+# struct nw_ident: tgid tid ppid uid gid pad cgroup_id start_boottime comm[16] pcomm[16]
+_IDENT_FMT: Final = "IIIIII QQ 16s16s"
+# struct nw_counters: tx_bytes rx_bytes tx_pkts rx_pkts first_ns last_ns
+_COUNTERS_FMT: Final = "QQQQQQ"
+# struct nw_record
+_RECORD = struct.Struct(
+    "<BBBBBBH HHI QQQ 16s16s " + _IDENT_FMT + " " + _COUNTERS_FMT
+)  # fmt: skip
+RECORD_SIZE: Final = _RECORD.size  # 192
+
+# struct nw_udp_key: cookie raddr[16] rport pad[3]
+_UDP_KEY = struct.Struct("<Q16sH6x")
+UDP_KEY_SIZE: Final = _UDP_KEY.size  # 32
+# struct nw_udp_flow: who counters flow dir flags pad[6]
+_UDP_FLOW = struct.Struct("<" + _IDENT_FMT + " " + _COUNTERS_FMT + " QBB6x")
+UDP_FLOW_SIZE: Final = _UDP_FLOW.size  # 136
+
+_V4_PREFIX: Final = b"\0" * 10 + b"\xff\xff"
+
+
+class RecordError(ValueError):
+    """A buffer that is not a record this version understands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ident:
+    """The task captured at the hook."""
+
+    tgid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    cgroup_id: int
+    start_boottime_ns: int
+    comm: str  # the thread's name
+    pcomm: str  # the main thread's (process's) name
+
+    def start_ticks(self, clk_tck: int = 100) -> int:
+        """The start time as /proc/PID/stat field 22 gives it (clock ticks since boot)."""
+        return self.start_boottime_ns // (1_000_000_000 // clk_tck)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    tx_bytes: int
+    rx_bytes: int
+    tx_pkts: int
+    rx_pkts: int
+    first_ns: int
+    last_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of the kernel side. ``ident`` is None when no process is known."""
+
+    type: int
+    proto: int
+    af: int
+    dir: int
+    hook: int
+    flags: int
+    lport: int
+    rport: int
+    netns: int
+    ts_ns: int
+    cookie: int
+    flow: int
+    laddr: bytes  # 16 bytes, IPv4-mapped for IPv4
+    raddr: bytes
+    ident: Ident | None
+    uid: int | None  # the socket's uid when no process is known
+    counters: Counters
+
+    @property
+    def family(self) -> int:
+        """4 or 6: IPv4 when the addresses are IPv4(-mapped), as on the wire."""
+        return 4 if self.af == AF_INET or self.raddr[:12] == _V4_PREFIX else 6
+
+    @property
+    def hidden(self) -> bool:
+        return bool(self.flags & F_HIDDEN)
+
+    @property
+    def hook_name(self) -> str:
+        return HOOK_NAMES[self.hook] if self.hook < len(HOOK_NAMES) else f"hook{self.hook}"
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def address(raw: bytes) -> IPv4Address | IPv6Address:
+    """A 16-byte address as an ``ipaddress`` value; IPv4-mapped becomes IPv4."""
+    if raw[:12] == _V4_PREFIX:
+        return IPv4Address(raw[12:16])
+    return IPv6Address(raw)
+
+
+def _ident(fields: tuple[Any, ...]) -> Ident:
+    tgid, tid, ppid, uid, gid, _pad, cg, start, comm, pcomm = fields
+    return Ident(tgid, tid, ppid, uid, gid, cg, start, _text(comm), _text(pcomm))
+
+
+def decode_record(buf: bytes | bytearray | memoryview, offset: int = 0) -> Record:
+    """Decode one record at ``offset``."""
+    if len(buf) - offset < RECORD_SIZE:
+        raise RecordError(f"record truncated: {len(buf) - offset} of {RECORD_SIZE} bytes")
+    f = _RECORD.unpack_from(buf, offset)
+    (rtype, proto, af, direction, hook, flags, lport, rport, _pad, netns,
+     ts, cookie, flow, laddr, raddr) = f[:15]  # fmt: skip
+    if rtype not in _TYPES:
+        raise RecordError(f"unknown record type {rtype}")
+    if af not in (AF_INET, AF_INET6):
+        raise RecordError(f"unknown address family {af}")
+    if direction > DIR_LOCAL:
+        raise RecordError(f"unknown direction {direction}")
+    idf = f[15:25]
+    ident: Ident | None = None
+    uid: int | None = None
+    if rtype in (REC_NEW, REC_END):
+        if flags & F_NO_OWNER:
+            uid = int(idf[3])
+        else:
+            ident = _ident(idf)
+            uid = ident.uid
+    counters = Counters(*f[25:31])
+    return Record(
+        type=rtype,
+        proto=proto,
+        af=af,
+        dir=direction,
+        hook=hook,
+        flags=flags,
+        lport=lport,
+        rport=rport,
+        netns=netns,
+        ts_ns=ts,
+        cookie=cookie,
+        flow=flow,
+        laddr=bytes(laddr),
+        raddr=bytes(raddr),
+        ident=ident,
+        uid=uid,
+        counters=counters,
+    )
+
+
+def decode_records(buf: bytes | bytearray | memoryview) -> list[Record]:
+    """Decode back-to-back records (the flush iterator's output). A partial tail raises."""
+    if len(buf) % RECORD_SIZE:
+        raise RecordError(f"{len(buf)} bytes is not a whole number of {RECORD_SIZE}-byte records")
+    return [decode_record(buf, off) for off in range(0, len(buf), RECORD_SIZE)]
+
+
+def udp_key(cookie: int, raddr: bytes, rport: int) -> bytes:
+    """The UDP flow map's key of a socket's flow with one remote."""
+    if len(raddr) != 16:
+        raise ValueError("raddr must be 16 bytes")
+    return _UDP_KEY.pack(cookie, raddr, rport)
+
+
+def decode_udp_flow(buf: bytes | bytearray | memoryview) -> tuple[Ident, Counters, int, int, int]:
+    """A UDP flow map value: (identity, counters, flow number, direction, flags)."""
+    if len(buf) < UDP_FLOW_SIZE:
+        raise RecordError(f"UDP flow value truncated: {len(buf)} of {UDP_FLOW_SIZE} bytes")
+    f = _UDP_FLOW.unpack_from(buf, 0)
+    return _ident(f[:10]), Counters(*f[10:16]), f[16], f[17], f[18]
+
+
+def decode_stats(buf: bytes | bytearray | memoryview, ncpus: int) -> int:
+    """The sum over CPUs of one per-CPU u64 counter (a per-CPU array's value)."""
+    if len(buf) < 8 * ncpus:
+        raise RecordError(f"per-CPU value truncated: {len(buf)} bytes for {ncpus} CPUs")
+    return sum(struct.unpack_from(f"<{ncpus}Q", buf, 0))
