@@ -1,0 +1,769 @@
+"""The eBPF backend: flows attributed to their process at the socket hooks.
+
+:class:`EbpfSource` loads ``netwarden.bpf.o`` (built by ``scripts/build-bpf.sh``), attaches
+its programs (cgroup ones on the root of the cgroup v2 hierarchy, so every socket of the host
+is seen) and turns the ring buffer's records into :class:`~netwarden.events.Event` objects
+with ``source=ebpf`` and ``attribution=kernel``:
+
+* outbound TCP (``connect()``), accepted TCP (owned by the listening socket's process) and
+  UDP (one flow per socket and remote, for connected and unconnected sends and for
+  datagrams received by a socket from a new remote), IPv4 and IPv6;
+* ``end`` at TCP close, at the release of a UDP socket, after a UDP flow's idle timeout, and
+  on :meth:`EbpfSource.stop` for every flow still open, each with IP-layer bytes and packets
+  per direction;
+* ``probe`` for a TCP SYN or a UDP datagram to a closed port;
+* a flow with both ends in the same namespace is one ``local`` record, the initiator's.
+
+The process identity (pid, thread and main-thread names, uid, gid, cgroup) is captured in
+the kernel in the caller's context; /proc adds exe, cmdline, unit and container when the
+process is still there (:class:`~netwarden.proc.ProcReader`), and the kernel's fields are
+kept when it is not.
+
+Scope: by default only the network namespace netwarden runs in (INTERFACE.md "Scope");
+``all_netns=True`` reports every namespace, each event carrying its ``netns``.
+
+Everything this machine lacks (root, kernel BTF, libbpf, the object file, a hook the kernel
+refuses) raises :class:`~netwarden.errors.MissingCapability` with one line saying what.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from netwarden.errors import MissingCapability, RuntimeFailure
+from netwarden.events import Attribution, Direction, Event, EventType, ProcessInfo, Proto, Source
+from netwarden.stats.flows import Timeouts
+from netwarden.wire.ebpf_records import (
+    DIR_IN,
+    DIR_LOCAL,
+    F_HIDDEN,
+    HOOK_NAMES,
+    REC_END,
+    REC_NEW,
+    REC_PROBE,
+    REC_RELEASE,
+    RECORD_SIZE,
+    STAT_NAMES,
+    UDP_FLOW_SIZE,
+    Counters,
+    Record,
+    RecordError,
+    address,
+    decode_record,
+    decode_records,
+    decode_stats,
+    decode_udp_flow,
+    udp_key,
+)
+
+if TYPE_CHECKING:
+    from netwarden.capture.libbpf import BpfLink, BpfObject, Libbpf, RingBuffer
+    from netwarden.proc import ProcReader
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EbpfSource", "find_object", "make_event"]
+
+OBJECT_NAME: Final = "netwarden.bpf.o"
+BTF_PATH: Final = "/sys/kernel/btf/vmlinux"
+
+#: Programs attached at start: name → (kind, what it gives, required).
+PROGRAMS: Final[dict[str, tuple[str, str, bool]]] = {
+    "nw_sockops": ("cgroup", "sockops (TCP connect, accept, listen)", True),
+    "nw_connect4": ("cgroup", "cgroup/connect4 (UDP identity)", True),
+    "nw_connect6": ("cgroup", "cgroup/connect6 (UDP identity)", True),
+    "nw_sendmsg4": ("cgroup", "cgroup/sendmsg4 (UDP identity)", True),
+    "nw_sendmsg6": ("cgroup", "cgroup/sendmsg6 (UDP identity)", True),
+    "nw_egress": ("cgroup", "cgroup_skb/egress (counters, UDP flows)", True),
+    "nw_ingress": ("cgroup", "cgroup_skb/ingress (counters, UDP flows)", True),
+    "nw_release": ("cgroup", "cgroup/sock_release (UDP flow ends)", True),
+    "nw_tcp_state": ("tracing", "tp_btf/inet_sock_set_state (TCP flow ends)", True),
+    "nw_bind4": ("cgroup", "cgroup/post_bind4 (UDP server identity)", False),
+    "nw_bind6": ("cgroup", "cgroup/post_bind6 (UDP server identity)", False),
+    "nw_tcp_reset": ("tracing", "tp_btf/tcp_send_reset (TCP probes)", False),
+    "nw_skb_drop": ("tracing", "tp_btf/kfree_skb (UDP probes)", False),
+    "nw_flush": ("iter", "iter/bpf_sk_storage_map (open TCP flows at stop)", False),
+}
+
+_NW_CTL_SNAPSHOT: Final = 0
+_NW_CTL_FLUSH: Final = 1
+_FAILED_PROG = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
+
+# capability bits (linux/capability.h)
+_CAP_NET_ADMIN: Final = 12
+_CAP_SYS_ADMIN: Final = 21
+_CAP_PERFMON: Final = 38
+_CAP_BPF: Final = 39
+
+
+def _has_caps() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    eff = int(line.split()[1], 16)
+                    need = (1 << _CAP_BPF) | (1 << _CAP_PERFMON) | (1 << _CAP_NET_ADMIN)
+                    return eff & need == need or bool(eff & (1 << _CAP_SYS_ADMIN))
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def find_object(path: str | os.PathLike[str] | None = None) -> str:
+    """The eBPF object file: ``path``, ``$NETWARDEN_BPF_OBJ``, next to the package, or the
+    repository's ``build/bpf``. MissingCapability when none exists."""
+    candidates: list[Path] = []
+    if path is not None:
+        candidates.append(Path(path))
+    else:
+        env = os.environ.get("NETWARDEN_BPF_OBJ")
+        if env:
+            candidates.append(Path(env))
+        pkg = Path(__file__).resolve().parent.parent
+        candidates.append(pkg / "bpf" / OBJECT_NAME)
+        candidates.append(pkg.parent.parent / "build" / "bpf" / OBJECT_NAME)
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise MissingCapability(
+        f"the eBPF object {OBJECT_NAME} is not built (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + ")",
+        "run scripts/build-bpf.sh (needs clang, bpftool, libbpf-dev)",
+    )
+
+
+# ---------------------------------------------------------------------------- records → events
+def make_event(
+    rec: Record,
+    *,
+    wall_offset_ns: int,
+    flow_id: str | None,
+    process: ProcessInfo,
+) -> Event:
+    """The event of a ``new``, ``end`` or ``probe`` record. Pure.
+
+    ``wall_offset_ns`` turns the kernel's monotonic nanoseconds into Unix time.
+    """
+    c = rec.counters
+    local = address(rec.laddr)
+    remote = address(rec.raddr)
+    if rec.type == REC_PROBE:
+        return Event(
+            ts=(rec.ts_ns + wall_offset_ns) / 1e9,
+            event=EventType.PROBE,
+            proto=Proto.from_number(rec.proto),
+            ipproto=rec.proto,
+            family=rec.family,
+            src=remote,
+            sport=rec.rport,
+            dst=local,
+            dport=rec.lport,
+            direction=Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.IN,
+            orig_bytes=c.rx_bytes,
+            orig_pkts=c.rx_pkts,
+            netns=rec.netns,
+            attribution=Attribution.NONE,
+            source=Source.EBPF,
+        )
+    if rec.dir == DIR_IN:
+        direction = Direction.IN
+        src, sport, dst, dport = remote, rec.rport, local, rec.lport
+        ob, rb, op, rp = c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts
+    else:
+        direction = Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.OUT
+        src, sport, dst, dport = local, rec.lport, remote, rec.rport
+        ob, rb, op, rp = c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts
+    is_end = rec.type == REC_END
+    return Event(
+        ts=(rec.ts_ns + wall_offset_ns) / 1e9,
+        event=EventType.END if is_end else EventType.NEW,
+        proto=Proto.from_number(rec.proto),
+        ipproto=rec.proto,
+        family=rec.family,
+        src=src,
+        sport=sport,
+        dst=dst,
+        dport=dport,
+        flow=flow_id,
+        direction=direction,
+        orig_bytes=ob,
+        resp_bytes=rb,
+        orig_pkts=op,
+        resp_pkts=rp,
+        duration=max(0, c.last_ns - c.first_ns) / 1e9 if is_end else None,
+        netns=rec.netns,
+        process=process,
+        attribution=Attribution.KERNEL if process.pid is not None else Attribution.NONE,
+        source=Source.EBPF,
+    )
+
+
+def _with_counters(ev: Event, c: Counters, ts: float, outbound: bool) -> Event:
+    """A UDP flow's ``end`` from its ``new`` and its final counters."""
+    if outbound:
+        ob, rb, op, rp = c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts
+    else:
+        ob, rb, op, rp = c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts
+    return replace(
+        ev,
+        ts=ts,
+        event=EventType.END,
+        orig_bytes=ob,
+        resp_bytes=rb,
+        orig_pkts=op,
+        resp_pkts=rp,
+        duration=max(0, c.last_ns - c.first_ns) / 1e9,
+    )
+
+
+@dataclass(slots=True)
+class _UdpFlow:
+    key: bytes
+    flow: int
+    new: Event | None  # None for a hidden (bookkeeping-only) flow
+
+
+# ---------------------------------------------------------------------------- the source
+class EbpfSource:
+    """Live flows from the kernel's socket hooks; iterate for events.
+
+    Same shape as :class:`~netwarden.capture.packets.SniffSource`: iterate (blocks, yields
+    events as they come), ``fileno()`` (readable when records are ready), ``stop()``
+    (signal-safe: iteration ends after emitting ``end`` for the flows still open),
+    ``close()`` (detaches everything), ``summary()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        all_netns: bool = False,
+        netns: int | None = None,
+        obj_path: str | os.PathLike[str] | None = None,
+        ring_size: int = 8 << 20,
+        udp_flows: int = 65536,
+        poll_interval: float = 0.2,
+        timeouts: Timeouts | None = None,
+        sweep_interval: float = 5.0,
+        proc: ProcReader | None = None,
+        enrich: bool = True,
+        cgroup_root: str | None = None,
+    ) -> None:
+        if ring_size < 4096 or ring_size & (ring_size - 1):
+            raise ValueError("ring_size must be a power of two of at least 4096")
+        if not _has_caps():
+            raise MissingCapability(
+                "the eBPF backend needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
+                "run netwarden as root, or use --backend conntrack or sniff",
+            )
+        if not os.path.exists(BTF_PATH):
+            raise MissingCapability(
+                f"the kernel has no BTF ({BTF_PATH} is missing)",
+                "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            )
+        from netwarden.capture.libbpf import load_libbpf
+        from netwarden.cgroup2 import cgroup2_root
+
+        self._lib: Libbpf = load_libbpf()
+        self.obj_path = find_object(obj_path)
+        if all_netns:
+            self.netns: int | None = None
+        elif netns is not None:
+            self.netns = netns
+        else:
+            self.netns = os.stat("/proc/self/ns/net").st_ino
+        self.poll_interval = poll_interval
+        self.timeouts = timeouts or Timeouts()
+        self.sweep_interval = sweep_interval
+        self.ring_size = ring_size
+        self.udp_flows_max = udp_flows
+        self.enrich = enrich
+        if enrich and proc is None:
+            from netwarden.proc import ProcReader
+
+            proc = ProcReader()
+        self._proc = proc
+        self._clk_tck = os.sysconf("SC_CLK_TCK")
+        self._pcache: OrderedDict[tuple[int, int], ProcessInfo] = OrderedDict()
+        self._prefix = secrets.token_hex(3)
+        self._raw: list[bytes] = []
+        self._udp: dict[int, dict[bytes, _UdpFlow]] = {}
+        self._udp_open = 0
+        self._stopping = False
+        self._closed = False
+        self._links: list[BpfLink] = []
+        self._rb: RingBuffer | None = None
+        self._obj: BpfObject | None = None
+        self._cgroup_fd = -1
+        self.unavailable: dict[str, str] = {}
+        self.records = 0
+        self.records_bad = 0
+        self.events = 0
+        self.udp_ended_evicted = 0
+        self._final_stats: dict[str, dict[str, int]] | None = None
+        self._last_sweep = time.monotonic()
+        self._ncpus = self._lib.num_possible_cpus()
+
+        self.cgroup_root = cgroup_root or cgroup2_root()
+        try:
+            self._cgroup_fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise MissingCapability(
+                f"cannot open the cgroup v2 root {self.cgroup_root} ({exc.strerror})",
+                "run as root",
+            ) from exc
+        try:
+            self._obj = self._load()
+            self._attach()
+            from netwarden.capture.libbpf import RingBuffer
+
+            self._rb = RingBuffer(self._lib, self._obj.map("nw_events").fd, self._raw.append)
+            self._udp_fd = self._obj.map("nw_udp").fd
+            self._stats_fd = self._obj.map("nw_stats").fd
+            self._ctl_fd = self._obj.map("nw_ctl").fd
+            self._socks_fd = self._obj.map("nw_socks").fd
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "eBPF backend attached (%s; %s)",
+            "all network namespaces" if self.netns is None else f"netns {self.netns}",
+            f"unavailable: {', '.join(sorted(self.unavailable))}"
+            if self.unavailable
+            else "all hooks",
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def _open(self, disabled: set[str]) -> BpfObject:
+        from netwarden.capture.libbpf import BpfObject
+
+        obj = BpfObject(self._lib, self.obj_path)
+        try:
+            obj.map(".rodata").set_initial_value(struct.pack("<I", self.netns or 0))
+            obj.map("nw_events").set_max_entries(self.ring_size)
+            obj.map("nw_udp").set_max_entries(self.udp_flows_max)
+            for name in disabled:
+                obj.program(name).set_autoload(False)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _load(self) -> BpfObject:
+        from netwarden.capture.libbpf import BpfError, messages
+
+        disabled: set[str] = set()
+        while True:
+            try:
+                obj = self._open(disabled)
+            except BpfError as exc:
+                raise MissingCapability(
+                    f"cannot open the eBPF object {self.obj_path}: {exc.strerror}",
+                    "rebuild it with scripts/build-bpf.sh",
+                ) from exc
+            messages(clear=True)
+            try:
+                obj.load()
+                return obj
+            except BpfError as exc:
+                obj.close()
+                log_lines = messages()
+                failed = None
+                for line in log_lines:
+                    m = _FAILED_PROG.search(line)
+                    if m:
+                        failed = m.group(1)
+                        break
+                reason = _reason(log_lines, exc)
+                if failed in PROGRAMS and not PROGRAMS[failed][2] and failed not in disabled:
+                    log.warning(
+                        "eBPF: %s refused by this kernel (%s); continuing without it",
+                        PROGRAMS[failed][1],
+                        reason,
+                    )
+                    self.unavailable[failed] = reason
+                    disabled.add(failed)
+                    continue
+                what = PROGRAMS[failed][1] if failed in PROGRAMS else "the eBPF object"
+                raise MissingCapability(
+                    f"the kernel refused {what}: {reason}",
+                    "use --backend conntrack or sniff, or a kernel with BTF, "
+                    "bpf_cast_to_kern_ctx (6.2+) and cgroup BPF",
+                ) from exc
+
+    def _attach(self) -> None:
+        from netwarden.capture.libbpf import BpfError
+
+        assert self._obj is not None
+        for name, (kind, what, required) in PROGRAMS.items():
+            if name in self.unavailable or kind == "iter":
+                continue
+            prog = self._obj.program(name)
+            try:
+                if kind == "cgroup":
+                    link = prog.attach_cgroup(self._cgroup_fd)
+                else:
+                    link = prog.attach()
+            except BpfError as exc:
+                reason = exc.strerror or str(exc)
+                if required:
+                    raise MissingCapability(
+                        f"the kernel refused to attach {what}: {reason}",
+                        "use --backend conntrack or sniff",
+                    ) from exc
+                log.warning("eBPF: cannot attach %s (%s); continuing without it", what, reason)
+                self.unavailable[name] = reason
+                continue
+            self._links.append(link)
+
+    # ------------------------------------------------------------------ the loop
+    def fileno(self) -> int:
+        if self._rb is None:
+            raise ValueError("source closed")
+        return self._rb.epoll_fd()
+
+    def stop(self) -> None:
+        """Ask the iteration to finish (signal-safe): open flows are ended, then it stops."""
+        self._stopping = True
+
+    def __iter__(self) -> Iterator[Event]:
+        if self._rb is None:
+            raise RuntimeFailure("the eBPF source is closed")
+        timeout_ms = max(1, int(self.poll_interval * 1000))
+        rb = self._rb
+        while not self._stopping:
+            rb.poll(timeout_ms)
+            yield from self._drain()
+            now = time.monotonic()
+            if now - self._last_sweep >= self.sweep_interval:
+                self._last_sweep = now
+                yield from self._sweep_udp()
+        rb.consume()
+        yield from self._drain()
+        yield from self.flush()
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """Events ready within ``timeout`` seconds (for callers with their own loop)."""
+        if self._rb is None:
+            raise RuntimeFailure("the eBPF source is closed")
+        self._rb.poll(max(0, int(timeout * 1000)))
+        out = list(self._drain())
+        now = time.monotonic()
+        if now - self._last_sweep >= self.sweep_interval:
+            self._last_sweep = now
+            out.extend(self._sweep_udp())
+        return out
+
+    def _drain(self) -> Iterator[Event]:
+        if not self._raw:
+            return
+        # the ring buffer's callback appends to this very list (it runs only inside poll)
+        raw = self._raw[:]
+        self._raw.clear()
+        wall = time.time_ns() - time.monotonic_ns()
+        for buf in raw:
+            self.records += 1
+            try:
+                if len(buf) != RECORD_SIZE:
+                    raise RecordError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
+                rec = decode_record(buf)
+            except RecordError as exc:
+                self.records_bad += 1
+                if self.records_bad == 1:
+                    log.warning("eBPF: undecodable record (%s); counting further ones", exc)
+                continue
+            ev = self._handle(rec, wall)
+            if ev is not None:
+                self.events += 1
+                yield ev
+            elif rec.type == REC_RELEASE:
+                yield from self._release(rec.cookie, wall)
+
+    def _flow_id(self, flow: int) -> str:
+        return f"{self._prefix}-{flow:x}"
+
+    def _handle(self, rec: Record, wall: int) -> Event | None:
+        if rec.type == REC_RELEASE:
+            return None
+        if rec.type == REC_PROBE:
+            return make_event(rec, wall_offset_ns=wall, flow_id=None, process=ProcessInfo())
+        hidden = bool(rec.flags & F_HIDDEN)
+        if hidden:
+            if rec.proto == 17:
+                self._track_udp(rec, None)
+            return None
+        ev = make_event(
+            rec, wall_offset_ns=wall, flow_id=self._flow_id(rec.flow), process=self._process(rec)
+        )
+        if rec.type == REC_NEW and rec.proto == 17:
+            self._track_udp(rec, ev)
+        return ev
+
+    def _process(self, rec: Record) -> ProcessInfo:
+        ident = rec.ident
+        proc = self._proc
+        if ident is None:
+            uid = rec.uid
+            return ProcessInfo(uid=uid, user=proc.user(uid) if proc is not None else None)
+        key = (ident.tgid, ident.start_boottime_ns)
+        cached = self._pcache.get(key)
+        if cached is not None:
+            self._pcache.move_to_end(key)
+            return cached
+        comm = ident.pcomm or ident.comm or None
+        if proc is None:
+            info = ProcessInfo(
+                pid=ident.tgid, ppid=ident.ppid or None, uid=ident.uid, gid=ident.gid, comm=comm
+            )
+        else:
+            info = proc.info(
+                ident.tgid,
+                start_time=ident.start_ticks(self._clk_tck),
+                comm=comm,
+                uid=ident.uid,
+                gid=ident.gid,
+            )
+            # the kernel's fields win (a /proc read racing the process's exit can see a
+            # detached pid as 0)
+            if info.pid != ident.tgid:
+                info = replace(info, pid=ident.tgid)
+            if info.ppid is None and ident.ppid:
+                info = replace(info, ppid=ident.ppid)
+        self._pcache[key] = info
+        if len(self._pcache) > 4096:
+            self._pcache.popitem(last=False)
+        return info
+
+    # ------------------------------------------------------------------ UDP flows
+    def _track_udp(self, rec: Record, ev: Event | None) -> None:
+        key = udp_key(rec.cookie, rec.raddr, rec.rport)
+        flows = self._udp.setdefault(rec.cookie, {})
+        if key not in flows:
+            self._udp_open += 1
+        flows[key] = _UdpFlow(key, rec.flow, ev)
+
+    def _end_udp(self, f: _UdpFlow, ts: float, delete: bool = True) -> Event | None:
+        assert self._obj is not None
+        raw = self._obj.lookup(self._udp_fd, f.key, UDP_FLOW_SIZE)
+        counters = None
+        if raw is not None:
+            _ident, counters, flow, _dir, _flags = decode_udp_flow(raw)
+            if flow != f.flow:
+                counters = None  # the entry was evicted and belongs to a newer flow
+            elif delete:
+                self._obj.delete(self._udp_fd, f.key)
+        if f.new is None:
+            return None
+        if counters is None:
+            self.udp_ended_evicted += 1
+            return replace(f.new, ts=ts, event=EventType.END, duration=None)
+        return _with_counters(f.new, counters, ts, f.new.direction != Direction.IN)
+
+    def _release(self, cookie: int, wall: int) -> Iterator[Event]:
+        flows = self._udp.pop(cookie, None)
+        if not flows:
+            return
+        ts = time.time()
+        for f in flows.values():
+            self._udp_open -= 1
+            ev = self._end_udp(f, ts)
+            if ev is not None:
+                self.events += 1
+                yield ev
+
+    def _sweep_udp(self) -> Iterator[Event]:
+        """End UDP flows idle longer than their timeout (conntrack's, as the flow table)."""
+        if not self._udp or self._obj is None:
+            return
+        now_ns = time.monotonic_ns()
+        ts = time.time()
+        t = self.timeouts
+        for cookie in list(self._udp):
+            flows = self._udp[cookie]
+            for key in list(flows):
+                f = flows[key]
+                raw = self._obj.lookup(self._udp_fd, key, UDP_FLOW_SIZE)
+                if raw is not None:
+                    _i, c, flow, _d, _fl = decode_udp_flow(raw)
+                    if flow == f.flow:
+                        timeout = t.udp_stream if c.tx_pkts and c.rx_pkts else t.udp
+                        if now_ns - c.last_ns < timeout * 1e9:
+                            continue
+                del flows[key]
+                self._udp_open -= 1
+                ev = self._end_udp(f, ts)
+                if ev is not None:
+                    self.events += 1
+                    yield ev
+            if not flows:
+                del self._udp[cookie]
+
+    # ------------------------------------------------------------------ open flows
+    def _iter_open_tcp(self, mode: int) -> list[Record]:
+        if self._obj is None or "nw_flush" in self.unavailable:
+            return []
+        from netwarden.capture.libbpf import BpfError
+
+        self._obj.update(self._ctl_fd, struct.pack("<I", 0), struct.pack("<Q", mode))
+        link = None
+        try:
+            link = self._obj.program("nw_flush").attach_iter_map(self._socks_fd)
+            data = link.read_iter()
+        except BpfError as exc:
+            log.warning("eBPF: cannot list the open TCP flows (%s)", exc.strerror)
+            self.unavailable["nw_flush"] = exc.strerror or str(exc)
+            return []
+        finally:
+            if link is not None:
+                link.destroy()
+        try:
+            return decode_records(data)
+        except RecordError as exc:
+            self.records_bad += 1
+            log.warning("eBPF: undecodable open-flow list (%s)", exc)
+            return []
+
+    def flush(self) -> Iterator[Event]:
+        """``end`` for every flow still open (TCP and UDP), with the counters so far."""
+        if self._obj is None:
+            return
+        wall = time.time_ns() - time.monotonic_ns()
+        for rec in self._iter_open_tcp(_NW_CTL_FLUSH):
+            if rec.netns and self.netns is not None and rec.netns != self.netns:
+                continue
+            ev = make_event(
+                rec,
+                wall_offset_ns=wall,
+                flow_id=self._flow_id(rec.flow),
+                process=self._process(rec),
+            )
+            self.events += 1
+            yield ev
+        ts = time.time()
+        udp, self._udp = self._udp, {}
+        self._udp_open = 0
+        for flows in udp.values():
+            for f in flows.values():
+                uev = self._end_udp(f, ts)
+                if uev is not None:
+                    self.events += 1
+                    yield uev
+
+    def open_tcp_flows(self) -> list[Event]:
+        """The TCP flows open now, with their counters so far, as ``new`` events (a
+        snapshot for callers that report progress; nothing is emitted or changed)."""
+        wall = time.time_ns() - time.monotonic_ns()
+        out = []
+        for rec in self._iter_open_tcp(_NW_CTL_SNAPSHOT):
+            ev = make_event(
+                rec,
+                wall_offset_ns=wall,
+                flow_id=self._flow_id(rec.flow),
+                process=self._process(rec),
+            )
+            out.append(replace(ev, event=EventType.NEW, duration=None))
+        return out
+
+    # ------------------------------------------------------------------ counters, teardown
+    def hook_stats(self) -> dict[str, dict[str, int]]:
+        """Per hook: programs run, records written, records lost (ring full), state errors."""
+        if self._final_stats is not None:
+            return self._final_stats
+        if self._obj is None:
+            return {}
+        size = 8 * self._ncpus
+        out: dict[str, dict[str, int]] = {}
+        for h, hname in enumerate(HOOK_NAMES):
+            row = {}
+            for s, sname in enumerate(STAT_NAMES):
+                raw = self._obj.lookup(
+                    self._stats_fd, struct.pack("<I", h * len(STAT_NAMES) + s), size
+                )
+                row[sname] = decode_stats(raw, self._ncpus) if raw is not None else 0
+            out[hname] = row
+        return out
+
+    def lost(self) -> int:
+        """Records lost in the kernel because the ring buffer was full, all hooks."""
+        return sum(row["lost"] for row in self.hook_stats().values())
+
+    def summary(self) -> dict[str, Any]:
+        hooks = self.hook_stats()
+        return {
+            "records": self.records,
+            "records_bad": self.records_bad,
+            "events": self.events,
+            "events_lost": sum(r["lost"] for r in hooks.values()),
+            "state_errors": sum(r["errors"] for r in hooks.values()),
+            "udp_flows_open": self._udp_open,
+            "udp_flows_evicted": self.udp_ended_evicted,
+            "netns": "all" if self.netns is None else self.netns,
+            "unavailable": dict(self.unavailable),
+            "hooks": {k: v for k, v in hooks.items() if any(v.values())},
+        }
+
+    def __enter__(self) -> EbpfSource:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detach every program and free everything (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        if self._obj is not None:
+            try:
+                self._final_stats = self.hook_stats()
+            except OSError:
+                self._final_stats = {}
+        if self._rb is not None:
+            self._rb.free()
+            self._rb = None
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+
+
+def _reason(lines: list[str], exc: OSError) -> str:
+    """One line from libbpf's messages saying why a load failed."""
+    interesting = [
+        ln.strip()
+        for ln in lines
+        if ln.strip()
+        and not ln.startswith(("libbpf: -- BEGIN", "libbpf: -- END"))
+        and ("libbpf:" in ln or "invalid" in ln.lower() or "unknown" in ln.lower())
+    ]
+    for ln in interesting:
+        if "not found in kernel" in ln or "unknown func" in ln or "failed to find" in ln:
+            return ln.removeprefix("libbpf: ")
+    for ln in reversed(interesting):
+        if "failed to load" not in ln and "failed to load object" not in ln:
+            return ln.removeprefix("libbpf: ")
+    return exc.strerror or str(exc)
