@@ -347,6 +347,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
+        "blocks",
+        help="list the active blocks",
+        description="The active blocks (from the state dir): address, since, until, reason, ports.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per block and line")
+    _add_common(p)
+    p.set_defaults(func=cmd_blocks)
+
+    p = sub.add_parser(
+        "block",
+        help="block an address or CIDR (new connections from it are dropped)",
+        description="Block new connections (TCP SYNs, new UDP and ICMP) from an address or "
+        "CIDR, in netwarden's own nftables table. Allowlisted, own and loopback addresses are "
+        "refused.",
+        epilog="examples:\n  netwarden block 203.0.113.7 --for 1h\n"
+        "  netwarden block 2001:db8:bad::/48 --reason 'abuse report'",
+        formatter_class=fmt,
+    )
+    p.add_argument("addr", metavar="IP|CIDR")
+    p.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="how long (30s, 10m, 1h, 7d; 0 = until unblocked); default: --block-for",
+    )
+    p.add_argument("--reason", default="manual", help="why (shown by blocks)")
+    p.add_argument("--allow", action="append", metavar="CIDR", help="as for run")
+    p.add_argument("--no-allow-self", action="store_const", const=True, help="as for run")
+    _add_common(p)
+    p.set_defaults(func=cmd_block)
+
+    p = sub.add_parser(
+        "unblock",
+        help="remove a block",
+        description="Remove a block; the detector forgets the source.",
+    )
+    p.add_argument("addr", metavar="IP|CIDR")
+    _add_common(p)
+    p.set_defaults(func=cmd_unblock)
+
+    p = sub.add_parser(
         "doctor",
         help="which backends and blockers work here, why not, and how to fix",
         description="A table of each capture backend and blocker: available or not, why, "
@@ -519,7 +560,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from netwarden import daemon
 
     cfg = _config(args)
-    printer = _printer(args, sys.stdout, "new")
+    printer = _printer(args, sys.stdout, "new,probe,scan,block,unblock")
     token = _token(cfg)
 
     def reload() -> Any:
@@ -713,6 +754,53 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: unsupported link type {types}")
     if src.error is not None:
         raise UsageError(str(src.error))
+    return 0
+
+
+def _blocker(args: argparse.Namespace) -> Any:
+    from netwarden.act.blocker import Blocker
+    from netwarden.defense import make_policy
+    from netwarden.hostaddrs import local_addresses
+
+    cfg = _config(args)
+    policy = make_policy(cfg, local_addresses())
+    return cfg, Blocker(cfg.effective_state_dir(), guard=policy.refusal)
+
+
+def _block_line(b: dict[str, Any]) -> str:
+    from netwarden.output import format_ts, sanitize
+
+    until = "never" if b["until"] is None else format_ts(b["until"], "%Y-%m-%d %H:%M:%S")
+    ports = ",".join(str(p) for p in b["ports"]) or "-"
+    since = format_ts(b["since"], "%Y-%m-%d %H:%M:%S")
+    return f"{b['addr']:<40} since {since}  until {until}  ports {ports}  {sanitize(b['reason'])}"
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    _cfg, blocker = _blocker(args)
+    for b in blocker.blocks():
+        d = b.to_dict()
+        print(json.dumps(d) if args.json else _block_line(d))
+    return 0
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    from netwarden.config import parse_duration
+
+    cfg, blocker = _blocker(args)
+    seconds = cfg.block_for if args.duration is None else parse_duration(args.duration, "--for")
+    b = blocker.block(args.addr, seconds or None, reason=args.reason)
+    print("blocked " + _block_line(b.to_dict()))
+    return 0
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    _cfg, blocker = _blocker(args)
+    b = blocker.unblock(args.addr)
+    if b is None:
+        print(f"{args.addr} was not blocked")
+        return 1
+    print(f"unblocked {b.addr}")
     return 0
 
 

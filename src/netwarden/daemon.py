@@ -364,6 +364,12 @@ def _run(
             all_netns=cfg.all_netns,
             sniff_options=options,
         )
+        from netwarden.act.hooks import ExecHook
+        from netwarden.defense import Defense
+        from netwarden.hostaddrs import local_addresses
+
+        hook = ExecHook(cfg.exec) if cfg.exec else None
+        defense = Defense(cfg, lambda e: None, state_dir=state_dir, own_addresses=local_addresses())
         pipeline = Pipeline(
             cfg,
             source,
@@ -372,7 +378,20 @@ def _run(
             names=names,
             device=cfg.iface or "all",
             filter_expr=filter_expr or "",
+            defense=defense,
+            hook=hook,
         )
+        ctx.blocks = lambda: [b.to_dict() for b in defense.blocker.blocks()]
+
+        def api_block(addr: str, seconds: float | None, reason: str) -> dict[str, Any]:
+            return dict(defense.blocker.block(addr, seconds, reason=reason).to_dict())
+
+        def api_unblock(addr: str) -> dict[str, Any]:
+            b = defense.blocker.unblock(addr)
+            return {"unblocked": None if b is None else b.to_dict()}
+
+        ctx.block = api_block
+        ctx.unblock = api_unblock
         ctx.metrics = pipeline.metrics.render
         ctx.status = pipeline.status
         ctx.names = pipeline.names.lookup

@@ -70,6 +70,8 @@ class Source(StrEnum):
 class ScanKind(StrEnum):
     PORT = "port"
     SWEEP = "sweep"
+    #: a block made by hand (``netwarden block``, ``POST /api/blocks``)
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,3 +31,30 @@ def local_addresses() -> frozenset[bytes]:
     except OSError as exc:
         log.warning("cannot read this host's addresses (%s): directions will read 'transit'", exc)
     return frozenset(addrs)
+
+
+def _proc_net_addr(hexaddr: str) -> bytes:
+    """/proc/net/tcp's address field (32-bit words in host byte order) → packed bytes."""
+    raw = bytes.fromhex(hexaddr)
+    return b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+
+
+def established_peers(root: str = "/proc") -> set[bytes]:
+    """Remote addresses of this namespace's ESTABLISHED TCP sockets (packed; IPv4-mapped
+    IPv6 peers are given as IPv4). Read from ``root``/net/tcp and tcp6 (``root`` injectable)."""
+    peers: set[bytes] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{root}/net/{name}") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 4 or parts[3] != "01":  # TCP_ESTABLISHED
+                        continue
+                    addr = _proc_net_addr(parts[2].split(":")[0])
+                    if len(addr) == 16 and addr[:12] == b"\0" * 10 + b"\xff\xff":
+                        addr = addr[12:]
+                    peers.add(addr)
+        except (OSError, ValueError):
+            continue
+    return peers

@@ -106,6 +106,8 @@ class Pipeline:
         names: NameCache | None = None,
         device: str = "",
         filter_expr: str = "",
+        defense: Any = None,
+        hook: Callable[[Event], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -128,6 +130,16 @@ class Pipeline:
                 ) from None
         self.events_seen = 0
         self.flows_seen = 0
+        self.defense = defense
+        self.hook = hook
+        self._now = 0.0
+        if defense is not None:
+            defense.emit = self._derived
+            self.metrics.blocked_hosts = defense.blocked_count
+            det = defense.detector
+            self.metrics.dropped_sources.append(
+                lambda: {"detect": det.stats()["sources_evicted"] + det.stats()["attempts_dropped"]}
+            )
         self._next_flush = 0.0
         self._next_snapshot = 0.0
         self._next_retention = 0.0
@@ -150,6 +162,19 @@ class Pipeline:
 
     # ---------------------------------------------------------------- per event
     def handle(self, e: Event) -> None:
+        """A backend's event: to the outputs, then to detection."""
+        self._output(e)
+        if self.defense is not None:
+            self._now = max(self._now, time.time())
+            self.defense.feed(e, self._now)
+
+    def _derived(self, e: Event) -> None:
+        """A scan/block/unblock event from detection: to the outputs and the exec hook."""
+        self._output(e)
+        if self.hook is not None and not (e.scan is not None and e.scan.summary):
+            self.hook(e)
+
+    def _output(self, e: Event) -> None:
         self.events_seen += 1
         if e.event is EventType.NEW:
             self.flows_seen += 1
@@ -164,6 +189,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------- periodic
     def tick(self, now: float) -> None:
+        if self.defense is not None:
+            self._now = max(self._now, now)
+            self.defense.tick(self._now)
         if self.store is None:
             return
         if now >= self._next_snapshot:
@@ -229,9 +257,17 @@ class Pipeline:
             "flows": self.flows_seen,
             "state_dir": self.state_dir,
             "listen": self.cfg.listen,
+            "blocking": self.cfg.block,
+            "blocked": 0 if self.defense is None else self.defense.blocked_count(),
         }
 
     def close(self) -> None:
+        if self.defense is not None:
+            self.defense.close()
+        if self.hook is not None:
+            closer = getattr(self.hook, "close", None)
+            if closer is not None:
+                closer()
         if self.store is not None:
             self.store.close()
         if self._jsonl is not None:

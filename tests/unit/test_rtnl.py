@@ -36,3 +36,28 @@ def test_truncated_and_garbage_do_not_raise() -> None:
         parse_addr_messages(data[:cut])
     parse_addr_messages(b"\xff" * 64)
     assert len(addr_dump_request()) == 24
+
+
+def test_established_peers_from_a_fake_proc(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from netwarden.hostaddrs import established_peers
+
+    root = Path(str(tmp_path))
+    (root / "net").mkdir()
+    head = "  sl  local_address rem_address   st tx_queue rx_queue\n"
+    (root / "net" / "tcp").write_text(
+        head
+        + "   0: 0100007F:0016 0201A8C0:D431 01 00000000:00000000\n"  # 192.168.1.2 established
+        + "   1: 00000000:0050 00000000:0000 0A 00000000:00000000\n"  # listening
+    )
+    (root / "net" / "tcp6").write_text(
+        head
+        + "   0: 00000000000000000000000001000000:0016 "
+        "0000000000000000FFFF00000A01A8C0:D432 01 0\n"  # ::ffff:192.168.1.10
+        + "   1: 00000000000000000000000001000000:0016 "
+        "B80D0120000000000000000001000000:D433 01 0\n"  # 2001:db8::1
+    )
+    peers = established_peers(str(root))
+    assert peers == {bytes([192, 168, 1, 2]), bytes([192, 168, 1, 10]),
+                     bytes.fromhex("20010db8000000000000000000000001")}  # fmt: skip

@@ -1,0 +1,191 @@
+"""Detection → policy → blocking, wired for the daemon.
+
+Every flow and probe event goes to the scan detector; each ``scan`` event it returns goes
+through the policy (allowlists, own addresses, established peers, ``--block``) and, when the
+verdict is to block, to the blocker; ``scan``, ``block`` and ``unblock`` events go to the
+daemon's outputs through ``emit``. Once a second :meth:`Defense.tick` emits the detector's
+summaries, the blocks that expired, and the blocks added or removed by hand (``netwarden
+block``/``unblock`` change ``blocks.json`` in the state dir; the daemon notices and reports
+them). An unblock or an expiry clears the detector's memory of that source.
+
+With blocking off, netwarden never touches the firewall: detection still runs and hand-made
+blocks are still reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from ipaddress import ip_address, ip_network
+from typing import Any
+
+from netwarden.config import Config
+from netwarden.detect.policy import Policy, PolicyConfig
+from netwarden.detect.scan import DetectorConfig, ScanDetector
+from netwarden.errors import NetwardenError
+from netwarden.events import Event, EventType, ProcessInfo, Proto, ScanInfo, ScanKind
+
+log = logging.getLogger(__name__)
+
+
+def make_policy(cfg: Config, own_addresses: Iterable[bytes] = ()) -> Policy:
+    from netwarden.hostaddrs import established_peers
+
+    def has_established(addr: Any) -> bool:
+        return bool(addr.packed in established_peers())
+
+    return Policy(
+        PolicyConfig(
+            allow=tuple(ip_network(a) for a in cfg.allow),
+            allow_self=not cfg.no_allow_self,
+            blocking=cfg.block,
+            block_for=cfg.block_for,
+        ),
+        own_addresses=list(own_addresses),
+        has_established=has_established,
+    )
+
+
+def block_event(block: Any, kind: EventType, scan: Event | None, now: float) -> Event:
+    """A ``block``/``unblock`` event for a :class:`netwarden.act.blocker.Block`."""
+    net = block.net
+    addr = net.network_address
+    if scan is not None and scan.scan is not None:
+        info = ScanInfo(
+            scanner=scan.scan.scanner,
+            kind=scan.scan.kind,
+            ports=scan.scan.ports,
+            targets=scan.scan.targets,
+            window=scan.scan.window,
+            until=block.until,
+            allowed=False,
+        )
+        proto, ipproto, process = scan.proto, scan.ipproto, scan.process
+    else:
+        info = ScanInfo(
+            scanner=addr, kind=ScanKind.MANUAL, ports=tuple(block.ports), until=block.until
+        )
+        proto, ipproto, process = Proto.IP, 0, ProcessInfo()
+    return Event(
+        ts=now,
+        event=kind,
+        proto=proto,
+        ipproto=ipproto,
+        family=addr.version,
+        src=addr,
+        dst=None,
+        process=process,
+        scan=info,
+    )
+
+
+class Defense:
+    def __init__(
+        self,
+        cfg: Config,
+        emit: Callable[[Event], None],
+        *,
+        state_dir: str,
+        own_addresses: Iterable[bytes] = (),
+        blocker: Any = None,
+    ) -> None:
+        self.emit = emit
+        self.detector = ScanDetector(
+            DetectorConfig(
+                scan_ports=cfg.scan_ports, scan_hosts=cfg.scan_hosts, scan_window=cfg.scan_window
+            )
+        )
+        self.policy = make_policy(cfg, own_addresses)
+        self.blocking = cfg.block
+        if blocker is None:
+            from netwarden.act.blocker import Blocker
+
+            blocker = Blocker(state_dir, guard=self.policy.refusal)
+        self.blocker = blocker
+        self.scans = 0
+        self.blocks_applied = 0
+        self.block_errors = 0
+        self._known: dict[str, Any] = {}
+        if self.blocking:
+            try:
+                started = self.blocker.start()
+            except NetwardenError as exc:
+                # no nftables here: say so once, detection goes on (netwarden doctor tells more)
+                log.error("blocking unavailable, detection keeps running: %s", exc)
+                self.blocking = False
+            else:
+                for b in started.expired:
+                    self.emit(block_event(b, EventType.UNBLOCK, None, b.until or 0.0))
+                if started.restored:
+                    log.warning("restored %d blocks from the state dir", len(started.restored))
+        self._known = {b.addr: b for b in self._blocks()}
+
+    def _blocks(self) -> list[Any]:
+        try:
+            return list(self.blocker.blocks())
+        except (OSError, ValueError, NetwardenError) as exc:
+            log.debug("cannot read blocks: %s", exc)
+            return list(self._known.values())
+
+    def blocked_count(self) -> int:
+        return len(self._known)
+
+    def feed(self, e: Event, now: float) -> None:
+        if e.event not in (EventType.NEW, EventType.END, EventType.PROBE):
+            return
+        for scan in self.detector.feed(e, now):
+            self._scan(scan, now)
+
+    def _scan(self, scan: Event, now: float) -> None:
+        decision = self.policy.decide(scan, now)
+        self.scans += 1
+        self.emit(decision.event)
+        if not decision.block or scan.scan is None:
+            return
+        try:
+            blk = self.blocker.block(
+                scan.scan.scanner,
+                decision.duration,
+                reason=decision.reason,
+                ports=scan.scan.ports,
+            )
+        except NetwardenError as exc:
+            self.block_errors += 1
+            log.error("could not block %s: %s", scan.scan.scanner, exc)
+            return
+        self.blocks_applied += 1
+        self._known[blk.addr] = blk
+        self.emit(block_event(blk, EventType.BLOCK, decision.event, now))
+
+    def tick(self, now: float) -> None:
+        for scan in self.detector.tick(now):
+            self._scan(scan, now)
+        if self.blocking:
+            try:
+                for b in self.blocker.expire():
+                    self._unblocked(b, now)
+            except NetwardenError as exc:
+                log.error("block expiry: %s", exc)
+        # blocks added or removed by hand (or expired while the file was read elsewhere)
+        current = {b.addr: b for b in self._blocks()}
+        for addr, b in current.items():
+            if addr not in self._known:
+                self._known[addr] = b
+                self.emit(block_event(b, EventType.BLOCK, None, now))
+        for addr in [a for a in self._known if a not in current]:
+            self._unblocked(self._known[addr], now)
+
+    def _unblocked(self, b: Any, now: float) -> None:
+        self._known.pop(b.addr, None)
+        self.detector.forget(b.net if b.net.num_addresses > 1 else b.net.network_address)
+        self.emit(block_event(b, EventType.UNBLOCK, None, now))
+
+    def set_own_addresses(self, addrs: Iterable[bytes]) -> None:
+        self.policy.set_own_addresses([ip_address(a) for a in addrs])
+
+    def close(self) -> None:
+        if self.blocking:
+            try:
+                self.blocker.close()
+            except NetwardenError as exc:
+                log.error("could not remove the firewall table: %s", exc)
