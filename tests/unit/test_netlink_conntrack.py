@@ -52,6 +52,7 @@ def test_tcp_close_ends_the_flow_before_destroy() -> None:
     v6_end_at = None
     for i, d in enumerate(datagrams("netlink_ct_events.bin")):
         src.feed(d)
+        src.flush_closing()  # (the loop does this once per batch of datagrams)
         for e in src.take_events():
             events.append(e)
             if e.event is EventType.END and e.family == 6:

@@ -173,11 +173,30 @@ def test_nfqueue_requests() -> None:
 
 def test_ct_get_request_round_trips_the_tuple() -> None:
     _m, e = ct_entries("netlink_ct_events.bin")[0]
-    req = nl.split_messages(nl.ct_get_request(5, e))[0][0]
+    req = nl.split_messages(nl.ct_get_request(5, e.orig, e.zone))[0][0]
     assert req.type == nl.CT_GET_TYPE
     # the request's tuple decodes back to the entry's
     again = nl.decode_ct_payload(nl.IPCTNL_MSG_CT_NEW, 0, req.payload)
     assert again is not None and again.orig == e.orig
+
+
+def test_quick_counters_match_the_full_decode() -> None:
+    for m, e in ct_entries("netlink_ct_events.bin") + ct_entries("netlink_ct_dump.bin"):
+        q = nl.decode_ct_counters(m.payload)
+        assert q is not None
+        assert (q.ct_id, q.orig_pkts, q.orig_bytes, q.reply_pkts, q.reply_bytes) == (
+            e.ct_id, e.orig_pkts, e.orig_bytes, e.reply_pkts, e.reply_bytes,
+        )  # fmt: skip
+        assert (q.start_ns, q.stop_ns, q.tcp_state) == (e.start_ns, e.stop_ns, e.tcp_state)
+
+
+def test_event_filter_program_shape() -> None:
+    prog = nl.ct_event_filter()
+    assert prog[-1] == (0x06, 0, 0, 0xFFFFFFFF) and prog[-2] == (0x06, 0, 0, 0)
+    for i, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == 0x05:  # jumps stay inside the program
+            assert i + 1 + jt < len(prog) and i + 1 + jf < len(prog)
+    assert len(nl.bpf_program(prog)) == 8 * len(prog)
 
 
 def test_five_tuple_edge_cases() -> None:
@@ -222,6 +241,7 @@ def decode_everything(data: bytes) -> None:
         nl.decode_inet_diag(m.payload)
         nl.nlmsg_error(m.payload)
         nl.decode_ct_payload(nl.IPCTNL_MSG_CT_DELETE, 0, m.payload)
+        nl.decode_ct_counters(m.payload)
     nl.five_tuple(data)
 
 

@@ -52,11 +52,16 @@ from netwarden.wire.netlink import (
     NLM_F_CREATE,
     NLMSG_ERROR,
     NLMSG_OVERRUN,
+    CtCounters,
     CtEntry,
     CtTuple,
+    NlMsg,
+    bpf_program,
     ct_dump_request,
+    ct_event_filter,
     ct_get_request,
     decode_ct,
+    decode_ct_counters,
     decode_ct_payload,
     split_messages,
 )
@@ -73,6 +78,7 @@ TCP_TIME_WAIT = 7
 TCP_CLOSE = 8
 _TCP_CLOSED = (TCP_TIME_WAIT, TCP_CLOSE)
 _IPPROTO_TCP = 6
+CLOSING_BATCH = 256
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -160,6 +166,7 @@ class _Flow:
         "first",
         "flow",
         "ipproto",
+        "orig",
         "orig_bytes",
         "orig_pkts",
         "process",
@@ -168,6 +175,7 @@ class _Flow:
         "reply_pkts",
         "sport",
         "src",
+        "zone",
     )
 
     def __init__(self) -> None:
@@ -184,6 +192,8 @@ class _Flow:
         self.process: ProcessInfo | None = None
         self.attribution = Attribution.NONE
         self.orig_pkts = self.orig_bytes = self.reply_pkts = self.reply_bytes = 0
+        self.orig: CtTuple | None = None
+        self.zone: int | None = None
 
 
 def _addr(packed: bytes) -> IPAddress:
@@ -255,6 +265,9 @@ class ConntrackSource:
         self._pending: list[Event] = []
         self._resync = False
         self._drops = 0
+        self._drops_checked = 0.0
+        self._drops_synced = 0
+        self._closing: dict[int, CtEntry | CtCounters] = {}
 
         # counters (summary())
         self.messages = 0
@@ -304,6 +317,8 @@ class ConntrackSource:
             ev.join(NFNLGRP_CONNTRACK_NEW)
             ev.join(NFNLGRP_CONNTRACK_DESTROY)
             if self.tcp_end_at_close:
+                # updates only when a TCP connection closes, filtered in the kernel
+                ev.attach_filter(bpf_program(ct_event_filter(_TCP_CLOSED)))
                 ev.join(NFNLGRP_CONNTRACK_UPDATE)
             self._query = NetlinkSocket(NETLINK_NETFILTER, rcvbuf=4 << 20)
             _ = self.owners  # ready before the first event: a lazy start costs a sender
@@ -429,9 +444,12 @@ class ConntrackSource:
         """Read what waits on the event socket (at most ``limit`` datagrams).
 
         After ENOBUFS the kernel drops further messages *silently* until our queue has
-        been read empty, so the socket is first drained, and only then is the table dumped:
-        a loss during the dump raises ENOBUFS again and leads to another dump.
+        been read empty; what waited is still valid and is processed. Once the queue is
+        read empty, the table is dumped to find what was lost (a loss during the dump
+        raises ENOBUFS again, and leads to another dump). The kernel's drop counter is
+        also checked once a second, for losses it did not report.
         """
+        data: memoryview | None = None
         for _ in range(limit):
             try:
                 data = ev.recv(block=False)
@@ -439,18 +457,27 @@ class ConntrackSource:
                 self.overruns += 1
                 if not self._resync:
                     log.warning(
-                        "conntrack: the kernel dropped events (ENOBUFS, %d so far): "
-                        "re-reading the table",
+                        "conntrack: the kernel dropped events (ENOBUFS, %d so far): the "
+                        "table is read again once the backlog is done",
                         self.overruns,
                     )
                 self._resync = True
                 continue
             if data is None:
-                if self._resync:  # read empty: the kernel reports the next loss again
-                    self._resync = False
-                    self._sync(initial=False)
-                return
+                break
             self.feed(data)
+            if len(self._closing) >= CLOSING_BATCH:
+                self.flush_closing()
+        self.flush_closing()
+        now = time.monotonic()
+        if now - self._drops_checked >= 1.0:
+            self._drops_checked = now
+            before = self._drops
+            if self._kernel_drops() > before:
+                self._resync = True
+        if self._resync and data is None:
+            self._resync = False
+            self._sync(initial=False)
 
     def take_events(self) -> list[Event]:
         """The events queued by :meth:`feed` so far (and forget them)."""
@@ -467,16 +494,32 @@ class ConntrackSource:
             self.messages += 1
             t = m.type
             if t in (CT_NEW_TYPE, CT_DELETE_TYPE):
-                entry = decode_ct_payload(t & 0xFF, m.flags, m.payload)
-                if entry is None:
+                if t == CT_NEW_TYPE and m.flags & NLM_F_CREATE:
+                    entry = decode_ct_payload(t & 0xFF, m.flags, m.payload)
+                    if entry is None:
+                        self.malformed += 1
+                    else:
+                        self._on_new(entry, None)
+                    continue
+                # an update or a destroy: a known flow needs only its id and counters
+                quick = decode_ct_counters(m.payload)
+                if quick is None:
                     self.malformed += 1
                     continue
-                if t == CT_DELETE_TYPE:
-                    self._on_destroy(entry)
-                elif m.flags & NLM_F_CREATE:
-                    self._on_new(entry, None)
-                else:
-                    self._on_update(entry)
+                if quick.ct_id is not None and quick.ct_id in self._open:
+                    if t == CT_DELETE_TYPE:
+                        self._end(quick.ct_id, self._open[quick.ct_id], quick, closed_early=False)
+                    elif self.tcp_end_at_close and quick.tcp_state in _TCP_CLOSED:
+                        self._closing[quick.ct_id] = quick
+                    continue
+                if t == CT_DELETE_TYPE or quick.ct_id is None:
+                    entry = decode_ct_payload(t & 0xFF, m.flags, m.payload)
+                    if entry is None:
+                        self.malformed += 1
+                    elif t == CT_DELETE_TYPE:
+                        self._on_destroy(entry)
+                    else:
+                        self._on_update(entry)
             elif t == NLMSG_OVERRUN:
                 self.overruns += 1
             elif t == NLMSG_ERROR:
@@ -529,6 +572,8 @@ class ConntrackSource:
         f.sport = o.sport
         f.dport = o.dport
         f.direction = self._direction(entry)
+        f.orig = o
+        f.zone = entry.zone
         f.orig_pkts = entry.orig_pkts or 0
         f.orig_bytes = entry.orig_bytes or 0
         f.reply_pkts = entry.reply_pkts or 0
@@ -569,8 +614,7 @@ class ConntrackSource:
         f = self._open.get(key)
         if f is None:
             return
-        final = self._get(entry)
-        self._end(key, f, final if final is not None else entry, closed_early=True)
+        self._closing[key] = entry  # its counters are read in a batch (flush_closing)
 
     def _on_destroy(self, entry: CtEntry) -> None:
         key = self._key(entry)
@@ -591,7 +635,7 @@ class ConntrackSource:
             self.flows_new -= 1
         self._end(key, f, entry, closed_early=False)
 
-    def _end(self, key: int, f: _Flow, entry: CtEntry, *, closed_early: bool) -> None:
+    def _end(self, key: int, f: _Flow, entry: CtEntry | CtCounters, *, closed_early: bool) -> None:
         del self._open[key]
         self._ended[key] = self._ended.get(key, 0) + 1
         self._ended.move_to_end(key)
@@ -639,32 +683,60 @@ class ConntrackSource:
         )
 
     # ------------------------------------------------------------------ table reads
-    def _get(self, entry: CtEntry) -> CtEntry | None:
-        """The entry as it is now (its counters), by its original tuple."""
+    def flush_closing(self) -> None:
+        """End the TCP flows that closed, with their counters as of now: one GET per
+        entry, all sent in one datagram, the answers read back by sequence number."""
+        closing = self._closing
+        if not closing:
+            return
+        self._closing = {}
         q = self._query
-        if q is None:
-            return None
-        seq = q.next_seq()
-        try:
-            for m in q.dump(ct_get_request(seq, entry), seq, what="conntrack get"):
-                got = decode_ct(m)
-                if got is not None:
-                    return got
-        except (NetlinkError, Overrun, RuntimeFailure, OSError):
-            return None
-        return None
+        answers: dict[int, CtCounters] = {}
+        if q is not None:
+            by_seq: dict[int, int] = {}
+            reqs = []
+            for key in closing:
+                f = self._open.get(key)
+                if f is None or f.orig is None:
+                    continue
+                seq = q.next_seq()
+                by_seq[seq] = key
+                reqs.append(ct_get_request(seq, f.orig, f.zone, ack=False))
+            try:
+                if reqs:
+                    q.send(b"".join(reqs))
+                while by_seq and q.wait(1.0):
+                    data = q.recv(block=False)
+                    if data is None:
+                        continue
+                    for m in split_messages(data)[0]:
+                        key = by_seq.pop(m.seq, -1)
+                        got = decode_ct_counters(m.payload) if m.type == CT_NEW_TYPE else None
+                        if got is not None and key != -1:
+                            answers[key] = got
+            except (Overrun, OSError) as exc:
+                log.debug("conntrack: reading closed flows' counters failed: %s", exc)
+        for key, entry in closing.items():
+            f = self._open.get(key)
+            if f is not None:
+                self._end(key, f, answers.get(key, entry), closed_early=True)
 
-    def _dump(self) -> dict[int, CtEntry]:
+    def _dump(self) -> dict[int, NlMsg]:
+        """The table's rows by flow key, undecoded (most are known and need no tuple)."""
         q = self._query
         assert q is not None
         seq = q.next_seq()
-        table: dict[int, CtEntry] = {}
+        table: dict[int, NlMsg] = {}
         for m in q.dump(ct_dump_request(seq), seq, what="conntrack dump"):
+            quick = decode_ct_counters(m.payload)
+            if quick is not None and quick.ct_id is not None:
+                table[quick.ct_id] = m
+                continue
             e = decode_ct(m)
             if e is None:
                 self.malformed += 1
                 continue
-            table[self._key(e)] = e
+            table[self._key(e)] = m
         return table
 
     def _sync(self, *, initial: bool) -> None:
@@ -674,28 +746,39 @@ class ConntrackSource:
         except (NetlinkError, Overrun, RuntimeFailure, OSError) as exc:
             log.warning("conntrack: dumping the table failed: %s", exc)
             return
+        self._drops_synced = self._drops
         if not initial:
             self.redumps += 1
             for key in [k for k in self._open if k not in table]:
                 self.lost_end += 1
                 f = self._open[key]
                 self._end(key, f, _NO_COUNTERS, closed_early=False)
-        for key, e in table.items():
-            if key in self._open:
+        for key, m in table.items():
+            if key in self._open or key in self._ended:
                 continue
-            if e.orig.proto == _IPPROTO_TCP and e.tcp_state in _TCP_CLOSED:
-                continue  # finished before we looked
-            if not initial and key in self._ended:
+            e = decode_ct(m)
+            if e is None:
+                self.malformed += 1
                 continue
+            closed = e.orig.proto == _IPPROTO_TCP and e.tcp_state in _TCP_CLOSED
+            if closed and initial:
+                continue  # finished before we started
             start = e.start_ns / 1e9 if e.start_ns else None
             self._on_new(e, start)
             if initial:
                 self.dumped += 1
-            else:
-                self.late_new += 1
+                continue
+            self.late_new += 1
+            if closed and key in self._open:  # began and ended while events were lost
+                self._end(key, self._open[key], e, closed_early=True)
 
     def _finish(self) -> None:
-        """End every open flow, with its counters as of now."""
+        """End every open flow, with its counters as of now (after reporting what a loss
+        not yet reconciled hid)."""
+        self.flush_closing()
+        if self._resync or self._kernel_drops() > self._drops_synced:
+            self._resync = False
+            self._sync(initial=False)
         if not self._open:
             return
         try:
@@ -704,8 +787,10 @@ class ConntrackSource:
             table = {}
         for key in list(self._open):
             f = self._open[key]
-            self._end(key, f, table.get(key, _NO_COUNTERS), closed_early=False)
+            m = table.get(key)
+            quick = None if m is None else decode_ct_counters(m.payload)
+            self._end(key, f, quick if quick is not None else _NO_COUNTERS, closed_early=False)
 
 
 #: An entry that carries no counters (a flow whose end we did not see).
-_NO_COUNTERS = CtEntry(msg_type=0, flags=0, family=AF_INET, orig=CtTuple(0, b"", b""))
+_NO_COUNTERS = CtCounters(None, None, None, None, None, None, None, None)

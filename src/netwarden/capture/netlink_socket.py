@@ -7,12 +7,14 @@ caller can count it and resynchronise (conntrack re-dumps its table).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
 import os
 import select
 import socket
+import struct
 from collections.abc import Iterator
 
 from netwarden.errors import MissingCapability, RuntimeFailure
@@ -33,6 +35,7 @@ from netwarden.wire.netlink import (
 log = logging.getLogger(__name__)
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_ATTACH_FILTER = 26
 RECV_SIZE = 1 << 18  # one datagram: dumps send up to 32 KiB per skb, events much less
 
 
@@ -89,6 +92,13 @@ class NetlinkSocket:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
         return int(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    def attach_filter(self, program: bytes) -> None:
+        """Attach a classic BPF socket filter (``program``: struct sock_filter array)."""
+        count = len(program) // 8
+        buf = ctypes.create_string_buffer(program, len(program))
+        fprog = struct.pack("HL", count, ctypes.addressof(buf))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
     def join(self, group: int) -> None:
         """Subscribe to multicast ``group`` (a number, not a bit mask)."""

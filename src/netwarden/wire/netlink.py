@@ -427,6 +427,43 @@ def _ct_entry(
     )
 
 
+class CtCounters(NamedTuple):
+    """The parts of a ctnetlink message that change: id, counters, times, TCP state."""
+
+    ct_id: int | None
+    orig_pkts: int | None
+    orig_bytes: int | None
+    reply_pkts: int | None
+    reply_bytes: int | None
+    start_ns: int | None
+    stop_ns: int | None
+    tcp_state: int | None
+
+
+def decode_ct_counters(payload: Buffer) -> CtCounters | None:
+    """A quick partial decode of a ctnetlink payload: no tuples, one top-level walk.
+
+    For the messages whose flow is already known by its id (updates, GET answers, rows of
+    a re-dump): about a fifth of the cost of :func:`decode_ct_payload`."""
+    if len(payload) < NFGENMSG.size:
+        return None
+    a = attrs(payload, NFGENMSG.size)
+    op, ob = _counters(payload, a.get(CTA_COUNTERS_ORIG))
+    rp, rb = _counters(payload, a.get(CTA_COUNTERS_REPLY))
+    start = stop = tcp_state = None
+    ts = a.get(CTA_TIMESTAMP)
+    if ts is not None:
+        t = attrs(payload, ts[0], ts[1])
+        start = _be(payload, t.get(CTA_TIMESTAMP_START))
+        stop = _be(payload, t.get(CTA_TIMESTAMP_STOP))
+    pi = a.get(CTA_PROTOINFO)
+    if pi is not None:
+        tcp = attrs(payload, pi[0], pi[1]).get(CTA_PROTOINFO_TCP)
+        if tcp is not None:
+            tcp_state = _be(payload, attrs(payload, tcp[0], tcp[1]).get(CTA_PROTOINFO_TCP_STATE))
+    return CtCounters(_be(payload, a.get(CTA_ID)), op, ob, rp, rb, start, stop, tcp_state)
+
+
 def decode_ct(msg: NlMsg) -> CtEntry | None:
     """A ctnetlink NEW/DELETE message (event or dump row) → :class:`CtEntry`, else None."""
     if msg.type >> 8 != NFNL_SUBSYS_CTNETLINK:
@@ -466,13 +503,92 @@ def _tuple_attr(atype: int, t: CtTuple) -> bytes:
     return nla(atype | NLA_F_NESTED, body)
 
 
-def ct_get_request(seq: int, entry: CtEntry) -> bytes:
-    """IPCTNL_MSG_CT_GET of one entry by its original tuple (and zone): its counters now."""
-    body = NFGENMSG.pack(AF_INET if entry.family == AF_INET else AF_INET6, 0, 0)
-    body += _tuple_attr(CTA_TUPLE_ORIG, entry.orig)
-    if entry.zone:
-        body += nla(CTA_ZONE, _BE16.pack(entry.zone))
-    return nlmsg(CT_GET_TYPE, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+def ct_get_request(seq: int, orig: CtTuple, zone: int | None = None, *, ack: bool = True) -> bytes:
+    """IPCTNL_MSG_CT_GET of one entry by its original tuple (and zone): its counters now.
+
+    Without ``ack`` the kernel answers with the entry alone (or an error): one message
+    per request, so many requests can share a datagram."""
+    body = NFGENMSG.pack(AF_INET if len(orig.src) == 4 else AF_INET6, 0, 0)
+    body += _tuple_attr(CTA_TUPLE_ORIG, orig)
+    if zone:
+        body += nla(CTA_ZONE, _BE16.pack(zone))
+    return nlmsg(CT_GET_TYPE, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq, body)
+
+
+# ------------------------------------------------------------------ event filter (cBPF)
+_BPF_INSN = struct.Struct("=HBBI")  # code, jt, jf, k
+_SKF_AD_OFF = -0x1000
+_SKF_AD_NLATTR = 12
+_SKF_AD_NLATTR_NEST = 16
+# opcodes
+_LD_H_ABS = 0x28
+_LD_W_ABS = 0x20
+_LD_IMM = 0x00
+_LDX_IMM = 0x01
+_LD_B_IND = 0x50
+_TAX = 0x07
+_JEQ_K = 0x15
+_JSET_K = 0x45
+_RET_K = 0x06
+
+
+def _be16_of_host(value: int) -> int:
+    """What a cBPF half-word load (network order) reads for a host-order u16 field."""
+    return int(_BE16.unpack(struct.pack("=H", value))[0])
+
+
+def ct_event_filter(closed_states: tuple[int, ...] = (7, 8)) -> list[tuple[int, int, int, int]]:
+    """A classic BPF socket filter for a ctnetlink event socket: it keeps NEW events,
+    DESTROY events and anything else, but of UPDATE events only those whose TCP state
+    (CTA_PROTOINFO/TCP/STATE) is one of ``closed_states`` (TIME_WAIT, CLOSE). Updates are
+    most of the messages of a TCP connection; dropping them in the kernel keeps them out
+    of our receive queue. Uses the netlink attribute extensions (SKF_AD_NLATTR*)."""
+    nlattr = (_SKF_AD_OFF + _SKF_AD_NLATTR) & 0xFFFFFFFF
+    nest = (_SKF_AD_OFF + _SKF_AD_NLATTR_NEST) & 0xFFFFFFFF
+    prog: list[tuple[int, int, int, int]] = []
+    accept = 0xFFFFFFFF
+    states = list(closed_states)
+    # the program, with jump targets resolved below: [ACCEPT] and [DROP] are the last two
+    body: list[tuple[int, str | int, str | int, int]] = [
+        (_LD_H_ABS, 0, 0, 4),  # nlmsg_type
+        (_JEQ_K, 0, "A", _be16_of_host(CT_NEW_TYPE)),  # not NEW/UPDATE: accept
+        (_LD_H_ABS, 0, 0, 6),  # nlmsg_flags
+        (_JSET_K, "A", 0, _be16_of_host(NLM_F_CREATE)),  # a NEW event: accept
+        (_LD_IMM, 0, 0, NLMSG_HDR.size + NFGENMSG.size),  # first attribute
+        (_LDX_IMM, 0, 0, CTA_PROTOINFO),
+        (_LD_W_ABS, 0, 0, nlattr),
+        (_JEQ_K, "D", 0, 0),
+        (_LDX_IMM, 0, 0, CTA_PROTOINFO_TCP),
+        (_LD_W_ABS, 0, 0, nest),
+        (_JEQ_K, "D", 0, 0),
+        (_LDX_IMM, 0, 0, CTA_PROTOINFO_TCP_STATE),
+        (_LD_W_ABS, 0, 0, nest),
+        (_JEQ_K, "D", 0, 0),
+        (_TAX, 0, 0, 0),
+        (_LD_B_IND, 0, 0, NLA_HDR.size),
+    ]
+    for st in states:
+        body.append((_JEQ_K, "A", 0, st))
+    body.append((_RET_K, 0, 0, 0))  # DROP
+    drop_at = len(body) - 1
+    body.append((_RET_K, 0, 0, accept))  # ACCEPT
+    accept_at = len(body) - 1
+    for i, (code, jt, jf, k) in enumerate(body):
+
+        def rel(target: str | int, i: int = i) -> int:
+            if target == "A":
+                return accept_at - i - 1
+            if target == "D":
+                return drop_at - i - 1
+            return int(target)
+
+        prog.append((code, rel(jt), rel(jf), k))
+    return prog
+
+
+def bpf_program(insns: list[tuple[int, int, int, int]]) -> bytes:
+    """The instructions as the kernel's struct sock_filter array."""
+    return b"".join(_BPF_INSN.pack(*i) for i in insns)
 
 
 # ------------------------------------------------------------------ sock_diag
