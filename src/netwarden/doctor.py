@@ -102,8 +102,10 @@ def check_ebpf() -> Check:
 
 
 def _bpf_object() -> str | None:
+    import importlib
+
     try:
-        from netwarden.capture import ebpf
+        ebpf = importlib.import_module("netwarden.capture.ebpf")
     except ImportError:
         return None
     finder: Callable[[], str | None] | None = getattr(ebpf, "object_path", None)
