@@ -346,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
+    from netwarden.livecmds import add_log_parser, add_trap_parser
+
+    add_log_parser(sub, _add_common)
+    add_trap_parser(sub, _add_common)
+
     p = sub.add_parser(
         "blocks",
         help="list the active blocks",
