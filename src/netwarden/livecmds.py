@@ -343,6 +343,7 @@ def _spawn(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.P
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise UsageError(exc.strerror or str(exc), option="-e", value=argv[0]) from None
+
     def kill() -> None:
         if proc.poll() is None:
             proc.kill()
