@@ -89,7 +89,7 @@ def add_trap_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument("-i", "--ip", metavar="IP", help="remote address (or CIDR)")
     p.add_argument("-p", "--port", type=int, metavar="PORT", help="remote port")
     p.add_argument("-c", "--connections", action="store_true", help="new TCP connections only")
-    p.add_argument("-e", "--exec", dest="command", metavar="CMD", help="run per match")
+    p.add_argument("-e", "--exec", dest="exec_cmd", metavar="CMD", help="run per match")
     p.add_argument(
         "-n",
         "--per-minute",
@@ -269,13 +269,13 @@ def cmd_trap(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("must be more than 0", option="--timeout", value=args.timeout)
     command: list[str] = []
-    if args.command:
+    if args.exec_cmd:
         try:
-            command = shlex.split(args.command)
+            command = shlex.split(args.exec_cmd)
         except ValueError as exc:
-            raise UsageError(str(exc), option="-e", value=args.command) from None
+            raise UsageError(str(exc), option="-e", value=args.exec_cmd) from None
         if not command:
-            raise UsageError("empty command", option="-e", value=args.command)
+            raise UsageError("empty command", option="-e", value=args.exec_cmd)
     template = None if args.json else (args.format or LOG_FORMAT)
     if template is not None:
         check_template(template)
