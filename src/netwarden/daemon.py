@@ -402,7 +402,20 @@ def _run(
         flags.stop_source = source.stop
         flags.install()
 
+        from netwarden.hostaddrs import AddressWatcher
+
+        watcher = AddressWatcher()
+
         def tick(now: float) -> None:
+            if watcher.changed():
+                addrs = local_addresses()
+                table = getattr(source, "table", None)
+                if table is not None:
+                    table.local_addrs = addrs
+                if hasattr(source, "local_addrs"):
+                    source.local_addrs = addrs
+                defense.set_own_addresses(addrs)
+                log.info("this host's addresses changed: %d now", len(addrs))
             pipeline.tick(now)
             if flags.usr1:
                 flags.usr1 = False

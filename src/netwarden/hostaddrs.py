@@ -58,3 +58,46 @@ def established_peers(root: str = "/proc") -> set[bytes]:
         except (OSError, ValueError):
             continue
     return peers
+
+
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+
+
+class AddressWatcher:
+    """Tells when this namespace's addresses change (rtnetlink address notifications).
+
+    Non-blocking: :meth:`changed` drains whatever notifications arrived and says whether any
+    did; the caller then re-reads :func:`local_addresses`. Call it from the daemon's loop.
+    """
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+            s.setblocking(False)
+            self.sock = s
+        except OSError as exc:
+            log.warning("cannot watch address changes (%s): own addresses are read once", exc)
+
+    def changed(self) -> bool:
+        if self.sock is None:
+            return False
+        seen = False
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return seen
+            except OSError:
+                # ENOBUFS: notifications were lost; re-reading is the right answer anyway
+                return True
+            if not data:
+                return seen
+            seen = True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
