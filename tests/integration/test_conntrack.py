@@ -286,19 +286,23 @@ def test_ipv6_flow_and_one_shot_udp_measured(veth: VethPair, tmp_path: Path) -> 
     sender is usually gone before its NEW event is read (the known limitation)."""
     b = veth.b
     port = 9000 + os.getpid() % 1000
+    root = tmp_path / "www6"
+    root.mkdir()
+    (root / "big").write_bytes(os.urandom(FILE_SIZE))
     server = veth.a.popen(
-        sys.executable, "-m", "http.server", "--bind", veth.a6, str(port),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        sys.executable, "-m", "http.server", "--bind", veth.a6, "--directory", str(root),
+        str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        url = f"http://[{veth.a6}]:{port}/"
+        url = f"http://[{veth.a6}]:{port}/big"
         deadline = time.monotonic() + 10
         while b.run("curl", "-s", "-g", "--noproxy", "*", "-o", "/dev/null", url,
                     check=False).returncode != 0:  # fmt: skip
             assert time.monotonic() < deadline, "http.server (IPv6) did not come up"
             time.sleep(0.1)
         backend = Backend(b, tmp_path)
-        pid, lport = curl(b, url, "-g", "--limit-rate", "1k")
+        # a slow download: curl is alive while its owner is looked up
+        pid, lport = curl(b, url, "-g", "--limit-rate", "200k")
         senders = []
         for i in range(30):
             s = b.popen("bash", "-c", f"echo hi >/dev/udp/{veth.a4}/{31000 + i}")

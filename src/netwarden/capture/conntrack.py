@@ -119,7 +119,16 @@ class Sysctls:
 
 
 def _nft(script: str) -> None:
-    """Apply an nft script (``nft -f -``); raise :class:`RuntimeFailure` on failure."""
+    """Apply an nft script through libnftables (the project's binding), or ``nft -f -``
+    when the library is missing; raise :class:`RuntimeFailure` on failure."""
+    from netwarden.act.libnftables import Nft
+
+    try:
+        with Nft() as lib:
+            lib.run(script)
+        return
+    except MissingCapability as exc:
+        log.debug("libnftables unavailable (%s): using the nft command", exc)
     nft = shutil.which("nft")
     if nft is None:
         raise MissingCapability("the nft command is missing", "install the nftables package")
