@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Build netwarden's eBPF object (CO-RE) from src/netwarden/bpf/*.bpf.c.
 #
-# usage: scripts/build-bpf.sh [OUTDIR]        (default OUTDIR: build/bpf under the repository)
+# usage: scripts/build-bpf.sh [-o OUTDIR] [NAME ...]
 #
-# Writes OUTDIR/vmlinux.h (from this kernel's BTF) and OUTDIR/netwarden.bpf.o.
+#   NAME      a source src/netwarden/bpf/NAME.bpf.c (default: every *.bpf.c there)
+#   OUTDIR    default build/bpf under the repository
+#
+# Writes OUTDIR/vmlinux.h (from this kernel's BTF) and OUTDIR/NAME.bpf.o for each source.
 # Needs clang, bpftool, libbpf-dev (bpf/bpf_helpers.h) and /sys/kernel/btf/vmlinux.
-# Exit status 0 on success, 3 when a tool or the kernel BTF is missing, 1 when compiling fails.
+# Exit status 0 on success, 3 when a tool or the kernel BTF is missing, 1 when a source
+# does not compile (the others are still built).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$here/src/netwarden/bpf"
-out="${1:-$here/build/bpf}"
+out="$here/build/bpf"
+if [ "${1:-}" = "-o" ]; then
+    [ $# -ge 2 ] || { echo "usage: $0 [-o OUTDIR] [NAME ...]" >&2; exit 2; }
+    out="$2"
+    shift 2
+fi
+names=("$@")
 btf="${NETWARDEN_BTF:-/sys/kernel/btf/vmlinux}"
 clang="${CLANG:-clang}"
 bpftool="${BPFTOOL:-bpftool}"
@@ -45,11 +55,33 @@ case "$arch" in
     *) target_arch="$arch" ;;
 esac
 
-for c in "$src"/*.bpf.c; do
+sources=()
+if [ ${#names[@]} -eq 0 ]; then
+    sources=("$src"/*.bpf.c)
+else
+    for n in "${names[@]}"; do
+        sources+=("$src/${n%.bpf.c}.bpf.c")
+    done
+fi
+failed=()
+for c in "${sources[@]}"; do
     name="$(basename "$c" .c)"
-    "$clang" -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_"$target_arch" \
+    if [ ! -f "$c" ]; then
+        echo "build-bpf: no source $c" >&2
+        failed+=("$name")
+        continue
+    fi
+    if "$clang" -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_"$target_arch" \
         -Wall -Werror -Wno-unused-function \
-        -I"$out" -I"$src" -c "$c" -o "$out/$name.o.tmp"
-    mv "$out/$name.o.tmp" "$out/$name.o"
-    echo "built $out/$name.o"
+        -I"$out" -I"$src" -c "$c" -o "$out/$name.o.tmp"; then
+        mv "$out/$name.o.tmp" "$out/$name.o"
+        echo "built $out/$name.o"
+    else
+        rm -f "$out/$name.o.tmp"
+        failed+=("$name")
+    fi
 done
+if [ ${#failed[@]} -ne 0 ]; then
+    echo "build-bpf: failed: ${failed[*]}" >&2
+    exit 1
+fi

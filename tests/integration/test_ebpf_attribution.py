@@ -43,10 +43,10 @@ def bpf_object() -> Path:
         pytest.skip("needs root (eBPF)")
     if not Path("/sys/kernel/btf/vmlinux").exists():
         pytest.skip("kernel without BTF")
-    sources = list((REPO / "src" / "netwarden" / "bpf").glob("*"))
-    newest = max(p.stat().st_mtime for p in sources)
+    bpf = REPO / "src" / "netwarden" / "bpf"
+    newest = max(p.stat().st_mtime for p in (bpf / "netwarden.bpf.c", bpf / "netwarden.h"))
     if not OBJ.exists() or OBJ.stat().st_mtime < newest:
-        cp = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True)
+        cp = subprocess.run(["bash", str(BUILD), "netwarden"], capture_output=True, text=True)
         if cp.returncode == 3:
             pytest.skip(f"cannot build the eBPF object: {cp.stderr.strip()}")
         assert cp.returncode == 0, cp.stderr
@@ -654,3 +654,62 @@ def test_object_layout_matches_decoder(bpf_object: Path) -> None:
     sizes = dict(re.findall(r"STRUCT '(nw_\w+)' size=(\d+)", out))
     assert int(sizes["nw_udp_key"]) == R.UDP_KEY_SIZE
     assert int(sizes["nw_udp_flow"]) == R.UDP_FLOW_SIZE
+
+
+ECHO4_PY = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(99)
+    s.sendto(d + b"!", a)
+"""
+
+ASK4_PY = r"""
+import socket, sys
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.sendto(b"ping", (sys.argv[1], 53))
+c.settimeout(10)
+c.recv(4096)
+t = socket.create_connection((sys.argv[1], 8083))
+t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+t.recv(10)
+"""
+
+
+def test_sockets_made_before_start_have_their_owners(
+    veth: VethPair, collectors: Callable[..., Collector], procs: Callable[..., Started]
+) -> None:
+    """A server that was listening before netwarden started still owns its flows."""
+    web = procs(veth.a, sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8083")
+    dns = procs(veth.a, sys.executable, "-c", ECHO4_PY, "53")
+    dns.wait_line("ready")
+    wait_listening(veth.a, 8083)
+    srv = collectors(netns=netns_inode(veth.a))
+    py(veth.b, ASK4_PY, veth.a4)
+    (t,) = srv.wait_for(lambda e: e.event == EventType.NEW and e.dport == 8083)
+    (u,) = srv.wait_for(lambda e: e.event == EventType.NEW and e.dport == 53)
+    assert (t.direction, t.pid, t.attribution) == (Direction.IN, web.pid, Attribution.KERNEL)
+    assert (u.direction, u.pid, u.attribution) == (Direction.IN, dns.pid, Attribution.KERNEL)
+    assert srv.stop()["unavailable"] == {}
+
+
+def test_close_from_another_thread(bpf_object: Path, ns: Netns) -> None:
+    from netwarden.capture.ebpf import EbpfSource
+
+    src = EbpfSource(netns=netns_inode(ns), obj_path=bpf_object, poll_interval=0.05)
+    got: list[Event] = []
+    reader = threading.Thread(target=lambda: got.extend(src))
+    reader.start()
+    py(ns, SEND9_PY)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    src.close()  # the reader ends the open flow, then closes
+    reader.join(5)
+    assert not reader.is_alive()
+    # nothing listens on port 9: the datagram is also a (local) probe
+    assert sorted(e.event for e in got) == [EventType.END, EventType.NEW, EventType.PROBE]
+    assert src.summary()["records"] == 3
+    src.close()  # idempotent

@@ -136,6 +136,14 @@ UDP_VALUE = bytes.fromhex(
     "000000000000000031c2272cd401000031c2272cd40100000200000000000000"
     "0000000000000000"
 )
+UDP_END_RELEASE4 = bytes.fromhex(
+    "021102020c00dbe609000000f9ffffef75987908700200008978230000000000"
+    "010000000000000000000000000000000000ffff7f0000010000000000000000"
+    "0000ffff7f00000135130000351300002e130000000000000000000000000000"
+    "0100000000000000b5085b08700200006e77742d756470310000000000000000"
+    "6e77742d7564703100000000000000002d000000000000000000000000000000"
+    "010000000000000000000000000000003d2e7708700200003d2e770870020000"
+)
 # fmt: on
 
 ALL = {
@@ -145,6 +153,7 @@ ALL = {
     "UDP_NEW_LOCAL4": UDP_NEW_LOCAL4,
     "UDP_HIDDEN_IN4": UDP_HIDDEN_IN4,
     "UDP_RELEASE": UDP_RELEASE,
+    "UDP_END_RELEASE4": UDP_END_RELEASE4,
     "TCP_ACCEPT_NO_OWNER4": TCP_ACCEPT_NO_OWNER4,
     "TCP_ACCEPT_LISTENER4": TCP_ACCEPT_LISTENER4,
     "TCP_END_NO_OWNER4": TCP_END_NO_OWNER4,
@@ -206,6 +215,25 @@ def test_udp_records() -> None:
     rel = decode_record(UDP_RELEASE)
     assert (rel.type, rel.proto, rel.cookie, rel.flow) == (R.REC_RELEASE, 17, 4513, 0)
     assert rel.ident is None and rel.uid is None
+
+
+def test_udp_end_at_socket_release() -> None:
+    # a one-shot sender's datagram to 127.0.0.1:9, ended by the kernel when the socket went
+    end = decode_record(UDP_END_RELEASE4)
+    assert (end.type, end.proto, end.dir, end.hook_name) == (
+        R.REC_END, 17, R.DIR_LOCAL, "sock_release",
+    )  # fmt: skip
+    assert (address(end.laddr), end.lport, address(end.raddr), end.rport) == (
+        IPv4Address("127.0.0.1"), 59099, IPv4Address("127.0.0.1"), 9,
+    )  # fmt: skip
+    assert end.ident is not None and end.ident.pcomm == end.ident.comm == "nwt-udp1"
+    c = end.counters
+    assert (c.tx_pkts, c.tx_bytes, c.rx_pkts) == (1, 20 + 8 + len("netwarden-oneshot"), 0)
+    ev = make_event(end, wall_offset_ns=0, flow_id="f", process=ProcessInfo(pid=end.ident.tgid))
+    assert (ev.event, ev.direction, ev.orig_pkts, ev.resp_pkts) == (
+        EventType.END, Direction.LOCAL, 1, 0,
+    )  # fmt: skip
+    assert ev.duration == 0.0
 
 
 def test_accepted_connections() -> None:

@@ -66,7 +66,7 @@ struct nw_sock {
 	struct nw_ident owner;
 	struct nw_counters c;
 	__u64 flow; /* TCP: this socket's flow, 0 when none */
-	__u8 laddr[16]; /* TCP: the flow's addresses and ports (gone from the socket at close) */
+	__u8 laddr[16]; /* the (first) flow's addresses and ports (gone from the socket at close) */
 	__u8 raddr[16];
 	__u16 lport;
 	__u16 rport;
@@ -76,12 +76,12 @@ struct nw_sock {
 	__u8 has_owner;
 	__u8 flags;
 	__u8 af;
-	__u8 _pad[7];
+	__u8 _pad[3];
+	__u32 nflows; /* UDP: flows made on this socket (the first one's key is above) */
 };
 #define NW_SK_NONE 0
 #define NW_SK_OPEN 1  /* a TCP flow is being counted and will be ended */
 #define NW_SK_ENDED 2 /* its end was reported (by the state change or a flush) */
-#define NW_SKF_UDP 0x80 /* in nw_sock.flags: the socket has UDP flows (report its release) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -134,6 +134,16 @@ struct {
 	__type(value, struct nw_hs);
 } nw_handshakes SEC(".maps");
 
+/* UDP flows between two sockets of the same namespace, by the initiator's tuple (netns,
+ * its address and port, the responder's): the initiator's socket cookie. The responder's
+ * side of such a flow is neither reported nor counted (the initiator's flow has it all). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nw_hs_key);
+	__type(value, __u64);
+} nw_local_udp SEC(".maps");
+
 /* ------------------------------------------------------------------ small helpers */
 
 static __always_inline void stat_add(__u32 hook, __u32 what)
@@ -175,10 +185,9 @@ static __always_inline void set_v4(__u8 *a, __u32 addr)
 	w[3] = addr;
 }
 
-/* The identity of the running task. Only meaningful in process context. */
-static __always_inline void fill_ident(struct nw_ident *id)
+/* The identity of a task. */
+static __always_inline void fill_ident_of(struct nw_ident *id, struct task_struct *t)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
 
 	id->tid = BPF_CORE_READ(t, pid);
@@ -191,6 +200,12 @@ static __always_inline void fill_ident(struct nw_ident *id)
 	id->start_boottime = BPF_CORE_READ(leader, start_boottime);
 	BPF_CORE_READ_STR_INTO(&id->comm, t, comm);
 	BPF_CORE_READ_STR_INTO(&id->pcomm, leader, comm);
+}
+
+/* The identity of the running task. Only meaningful in process context. */
+static __always_inline void fill_ident(struct nw_ident *id)
+{
+	fill_ident_of(id, (struct task_struct *)bpf_get_current_task());
 }
 
 /* No process known: only the socket's uid. */
@@ -640,18 +655,63 @@ int nw_bind6(struct bpf_sock *ctx)
 	return note_bind(ctx, NW_H_BIND6);
 }
 
+/* A UDP socket goes: its first flow ends here (most sockets have only one); when it had
+ * more, user space is told to end the others (it knows them from their `new` records). */
 SEC("cgroup/sock_release")
 int nw_release(struct bpf_sock *ctx)
 {
+	struct nw_udp_key key;
+	struct nw_udp_flow *f;
 	struct nw_sock *s;
 	struct nw_record *r;
+	__u64 cookie;
 
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	s = bpf_sk_storage_get(&nw_socks, ctx, 0, 0);
-	if (!s || !(s->flags & NW_SKF_UDP) || !netns_wanted(s->netns))
+	if (!s || !s->nflows || !netns_wanted(s->netns))
 		return 1;
 	stat_add(NW_H_RELEASE, NW_S_CALLS);
+	cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = cookie;
+	__builtin_memcpy(key.raddr, s->raddr, 16);
+	key.rport = s->rport;
+	f = bpf_map_lookup_elem(&nw_udp, &key);
+	if (f) {
+		r = reserve(NW_H_RELEASE);
+		if (r) {
+			r->type = NW_REC_END;
+			r->proto = IPPROTO_UDP;
+			r->af = s->af;
+			r->dir = f->dir;
+			r->flags = f->flags;
+			r->netns = s->netns;
+			r->cookie = cookie;
+			r->flow = f->flow;
+			__builtin_memcpy(r->laddr, s->laddr, 16);
+			__builtin_memcpy(r->raddr, s->raddr, 16);
+			r->lport = s->lport;
+			r->rport = s->rport;
+			r->id = f->who;
+			r->c = f->c;
+			submit(r, NW_H_RELEASE);
+		}
+		if (f->dir == NW_DIR_LOCAL) {
+			struct nw_hs_key lt;
+
+			__builtin_memset(&lt, 0, sizeof(lt));
+			lt.netns = s->netns;
+			__builtin_memcpy(lt.laddr, s->laddr, 16);
+			__builtin_memcpy(lt.raddr, s->raddr, 16);
+			lt.lport = s->lport;
+			lt.rport = s->rport;
+			bpf_map_delete_elem(&nw_local_udp, &lt);
+		}
+		bpf_map_delete_elem(&nw_udp, &key);
+	}
+	if (s->nflows < 2)
+		return 1;
 	r = reserve(NW_H_RELEASE);
 	if (!r)
 		return 1;
@@ -659,7 +719,7 @@ int nw_release(struct bpf_sock *ctx)
 	r->proto = IPPROTO_UDP;
 	r->af = ctx->family;
 	r->netns = s->netns;
-	r->cookie = bpf_get_socket_cookie(ctx);
+	r->cookie = cookie;
 	submit(r, NW_H_RELEASE);
 	return 1;
 }
@@ -801,8 +861,32 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *ks
 	f = bpf_map_lookup_elem(&nw_udp, &key);
 	if (!f) {
 		struct nw_udp_flow nf;
+		struct nw_hs_key lt;
 		unsigned int devflags = BPF_CORE_READ(kskb, dev, flags);
+		int lo = (devflags & IFF_LOOPBACK) != 0;
 
+		if (lo) {
+			/* the responder's side of a flow whose initiator is in this namespace? */
+			__u64 *ic;
+
+			__builtin_memset(&lt, 0, sizeof(lt));
+			lt.netns = netns;
+			__builtin_memcpy(lt.laddr, egress ? p.daddr : p.saddr, 16);
+			__builtin_memcpy(lt.raddr, egress ? p.saddr : p.daddr, 16);
+			lt.lport = egress ? p.dport : p.sport;
+			lt.rport = egress ? p.sport : p.dport;
+			ic = bpf_map_lookup_elem(&nw_local_udp, &lt);
+			if (ic) {
+				struct nw_udp_key ik;
+
+				__builtin_memset(&ik, 0, sizeof(ik));
+				ik.cookie = *ic;
+				__builtin_memcpy(ik.raddr, lt.raddr, 16);
+				ik.rport = lt.rport;
+				if (bpf_map_lookup_elem(&nw_udp, &ik))
+					return;
+			}
+		}
 		__builtin_memset(&nf, 0, sizeof(nf));
 		s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!s) {
@@ -819,13 +903,12 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *ks
 			nf.flags = NW_F_NO_OWNER;
 		}
 		s->netns = netns;
-		s->flags |= NW_SKF_UDP;
-		if (devflags & IFF_LOOPBACK)
+		if (lo)
 			nf.dir = egress ? NW_DIR_LOCAL : NW_DIR_IN;
 		else
 			nf.dir = egress ? NW_DIR_OUT : NW_DIR_IN;
-		if (!egress && (devflags & IFF_LOOPBACK))
-			nf.flags |= NW_F_HIDDEN; /* the sender's flow reports it */
+		if (!egress && lo)
+			nf.flags |= NW_F_HIDDEN; /* from a local socket we do not know: not reported */
 		nf.c.first_ns = now;
 		nf.flow = next_flow();
 		count(&nf.c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
@@ -835,6 +918,23 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *ks
 			if (f)
 				count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
 			return;
+		}
+		if (egress && lo) {
+			__builtin_memset(&lt, 0, sizeof(lt));
+			lt.netns = netns;
+			__builtin_memcpy(lt.laddr, p.saddr, 16);
+			__builtin_memcpy(lt.raddr, p.daddr, 16);
+			lt.lport = p.sport;
+			lt.rport = p.dport;
+			bpf_map_update_elem(&nw_local_udp, &lt, &key.cookie, BPF_ANY);
+		}
+		if (__sync_fetch_and_add(&s->nflows, 1) == 0) {
+			/* the socket's first flow: its release ends it in the kernel */
+			s->af = bsk->family;
+			__builtin_memcpy(s->raddr, key.raddr, 16);
+			__builtin_memcpy(s->laddr, egress ? p.saddr : p.daddr, 16);
+			s->rport = key.rport;
+			s->lport = egress ? p.sport : p.dport;
 		}
 		r = reserve(hook);
 		if (!r)
@@ -1049,5 +1149,54 @@ int nw_flush(struct bpf_iter__bpf_sk_storage_map *ctx)
 	if (mode && *mode == NW_CTL_FLUSH)
 		s->state = NW_SK_ENDED;
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* Run once at start: the owners of sockets made before netwarden (listeners, UDP sockets),
+ * from the processes holding them. What the hooks recorded since wins. */
+SEC("iter/task_file")
+int nw_prime(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family, proto;
+	__u32 netns;
+
+	if (!task || !file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!sk)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 0;
+	proto = BPF_CORE_READ(sk, sk_protocol);
+	if (proto == IPPROTO_TCP && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN) {
+		struct nw_listen_key key;
+		struct nw_listener l;
+
+		listen_key(sk, &key, netns);
+		if (bpf_map_lookup_elem(&nw_listeners, &key))
+			return 0;
+		fill_ident_of(&l.who, task);
+		l.cookie = bpf_get_socket_cookie(sk);
+		bpf_map_update_elem(&nw_listeners, &key, &l, BPF_NOEXIST);
+	} else if (proto == IPPROTO_UDP) {
+		struct nw_sock *s = bpf_sk_storage_get(&nw_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (!s || s->has_owner)
+			return 0;
+		fill_ident_of(&s->owner, task);
+		s->has_owner = 1;
+		s->netns = netns;
+	}
 	return 0;
 }

@@ -12,9 +12,9 @@
 
 /* record types */
 #define NW_REC_NEW 1     /* a flow was seen: identity and counters so far */
-#define NW_REC_END 2     /* a TCP flow ended (socket closed): final counters */
+#define NW_REC_END 2     /* a flow ended (TCP close, UDP socket release): final counters */
 #define NW_REC_PROBE 3   /* an inbound attempt to a closed port */
-#define NW_REC_RELEASE 4 /* a UDP socket was released: its flows end (user space reads them) */
+#define NW_REC_RELEASE 4 /* a UDP socket with several flows went: user space ends the others */
 
 /* directions */
 #define NW_DIR_OUT 0

@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -94,8 +95,10 @@ PROGRAMS: Final[dict[str, tuple[str, str, bool]]] = {
     "nw_tcp_reset": ("tracing", "tp_btf/tcp_send_reset (TCP probes)", False),
     "nw_skb_drop": ("tracing", "tp_btf/kfree_skb (UDP probes)", False),
     "nw_flush": ("iter", "iter/bpf_sk_storage_map (open TCP flows at stop)", False),
+    "nw_prime": ("iter", "iter/task_file (owners of sockets made before start)", False),
 }
 
+_UDP: Final = 17
 _NW_CTL_SNAPSHOT: Final = 0
 _NW_CTL_FLUSH: Final = 1
 _FAILED_PROG = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
@@ -253,7 +256,7 @@ class EbpfSource:
         all_netns: bool = False,
         netns: int | None = None,
         obj_path: str | os.PathLike[str] | None = None,
-        ring_size: int = 8 << 20,
+        ring_size: int = 16 << 20,
         udp_flows: int = 65536,
         poll_interval: float = 0.2,
         timeouts: Timeouts | None = None,
@@ -304,6 +307,9 @@ class EbpfSource:
         self._udp_open = 0
         self._stopping = False
         self._closed = False
+        self._close_pending = False
+        self._busy: int | None = None
+        self._lock = threading.Lock()
         self._links: list[BpfLink] = []
         self._rb: RingBuffer | None = None
         self._obj: BpfObject | None = None
@@ -328,6 +334,7 @@ class EbpfSource:
         try:
             self._obj = self._load()
             self._attach()
+            self._prime()
             from netwarden.capture.libbpf import RingBuffer
 
             self._rb = RingBuffer(self._lib, self._obj.map("nw_events").fd, self._raw.append)
@@ -429,6 +436,25 @@ class EbpfSource:
                 continue
             self._links.append(link)
 
+    def _prime(self) -> None:
+        """Record the owners of listening and UDP sockets that exist already."""
+        from netwarden.capture.libbpf import BpfError
+
+        if "nw_prime" in self.unavailable:
+            return
+        assert self._obj is not None
+        link = None
+        try:
+            link = self._obj.program("nw_prime").attach_iter()
+            link.read_iter()
+        except BpfError as exc:
+            reason = exc.strerror or str(exc)
+            log.warning("eBPF: cannot learn the owners of existing sockets (%s)", reason)
+            self.unavailable["nw_prime"] = reason
+        finally:
+            if link is not None:
+                link.destroy()
+
     # ------------------------------------------------------------------ the loop
     def fileno(self) -> int:
         if self._rb is None:
@@ -440,32 +466,59 @@ class EbpfSource:
         self._stopping = True
 
     def __iter__(self) -> Iterator[Event]:
-        if self._rb is None:
-            raise RuntimeFailure("the eBPF source is closed")
-        timeout_ms = max(1, int(self.poll_interval * 1000))
-        rb = self._rb
-        while not self._stopping:
-            rb.poll(timeout_ms)
+        self._enter()
+        try:
+            timeout_ms = max(1, int(self.poll_interval * 1000))
+            while not self._stopping:
+                rb = self._rb
+                if rb is None:
+                    return
+                rb.poll(timeout_ms)
+                yield from self._drain()
+                now = time.monotonic()
+                if now - self._last_sweep >= self.sweep_interval:
+                    self._last_sweep = now
+                    yield from self._sweep_udp()
+            if self._rb is None:
+                return
+            self._rb.consume()
             yield from self._drain()
-            now = time.monotonic()
-            if now - self._last_sweep >= self.sweep_interval:
-                self._last_sweep = now
-                yield from self._sweep_udp()
-        rb.consume()
-        yield from self._drain()
-        yield from self.flush()
+            yield from self.flush()
+        finally:
+            self._leave()
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """Events ready within ``timeout`` seconds (for callers with their own loop)."""
-        if self._rb is None:
-            raise RuntimeFailure("the eBPF source is closed")
-        self._rb.poll(max(0, int(timeout * 1000)))
-        out = list(self._drain())
-        now = time.monotonic()
-        if now - self._last_sweep >= self.sweep_interval:
-            self._last_sweep = now
-            out.extend(self._sweep_udp())
-        return out
+        self._enter()
+        try:
+            if self._rb is None:
+                return []
+            self._rb.poll(max(0, int(timeout * 1000)))
+            out = list(self._drain())
+            now = time.monotonic()
+            if now - self._last_sweep >= self.sweep_interval:
+                self._last_sweep = now
+                out.extend(self._sweep_udp())
+            return out
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeFailure("the eBPF source is closed")
+            if self._busy is not None:
+                raise RuntimeFailure("the eBPF source is already being read")
+            self._busy = threading.get_ident()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._busy = None
+            close_now = self._close_pending and not self._closed
+            if close_now:
+                self._closed = True
+        if close_now:
+            self._close_now()
 
     def _drain(self) -> Iterator[Event]:
         if not self._raw:
@@ -496,20 +549,26 @@ class EbpfSource:
         return f"{self._prefix}-{flow:x}"
 
     def _handle(self, rec: Record, wall: int) -> Event | None:
-        if rec.type == REC_RELEASE:
+        rtype = rec.type
+        if rtype == REC_RELEASE:
             return None
-        if rec.type == REC_PROBE:
+        if rtype == REC_PROBE:
             return make_event(rec, wall_offset_ns=wall, flow_id=None, process=ProcessInfo())
-        hidden = bool(rec.flags & F_HIDDEN)
-        if hidden:
-            if rec.proto == 17:
-                self._track_udp(rec, None)
+        udp = rec.proto == _UDP
+        known: _UdpFlow | None = None
+        if udp:
+            if rtype == REC_NEW:
+                known = self._track_udp(rec)
+            else:  # the kernel ended the socket's first flow at its release
+                known = self._untrack_udp(rec)
+        if rec.flags & F_HIDDEN:
             return None
-        ev = make_event(
-            rec, wall_offset_ns=wall, flow_id=self._flow_id(rec.flow), process=self._process(rec)
+        process = (
+            known.new.process if known is not None and known.new is not None else self._process(rec)
         )
-        if rec.type == REC_NEW and rec.proto == 17:
-            self._track_udp(rec, ev)
+        ev = make_event(rec, wall_offset_ns=wall, flow_id=self._flow_id(rec.flow), process=process)
+        if known is not None and rtype == REC_NEW:
+            known.new = ev
         return ev
 
     def _process(self, rec: Record) -> ProcessInfo:
@@ -548,12 +607,27 @@ class EbpfSource:
         return info
 
     # ------------------------------------------------------------------ UDP flows
-    def _track_udp(self, rec: Record, ev: Event | None) -> None:
+    def _track_udp(self, rec: Record) -> _UdpFlow:
         key = udp_key(rec.cookie, rec.raddr, rec.rport)
         flows = self._udp.setdefault(rec.cookie, {})
         if key not in flows:
             self._udp_open += 1
-        flows[key] = _UdpFlow(key, rec.flow, ev)
+        f = flows[key] = _UdpFlow(key, rec.flow, None)
+        return f
+
+    def _untrack_udp(self, rec: Record) -> _UdpFlow | None:
+        flows = self._udp.get(rec.cookie)
+        if flows is None:
+            return None
+        key = udp_key(rec.cookie, rec.raddr, rec.rport)
+        f = flows.get(key)
+        if f is None or f.flow != rec.flow:
+            return None
+        del flows[key]
+        self._udp_open -= 1
+        if not flows:
+            del self._udp[rec.cookie]
+        return f
 
     def _end_udp(self, f: _UdpFlow, ts: float, delete: bool = True) -> Event | None:
         assert self._obj is not None
@@ -727,11 +801,22 @@ class EbpfSource:
         self.close()
 
     def close(self) -> None:
-        """Detach every program and free everything (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping = True
+        """Detach every program and free everything (idempotent).
+
+        From another thread while the source is being read: the reading thread finishes
+        (ending the open flows) and closes it.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._stopping = True
+            if self._busy is not None and self._busy != threading.get_ident():
+                self._close_pending = True
+                return
+            self._closed = True
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._obj is not None:
             try:
                 self._final_stats = self.hook_stats()

@@ -326,6 +326,13 @@ class BpfProgram:
         )
         return BpfLink(self._lib, ptr, self.section)
 
+    def attach_iter(self) -> BpfLink:
+        """Attach an iterator that takes no parameters (task, task_file, ...)."""
+        ptr = _check_ptr(
+            self._lib.lib.bpf_program__attach_iter(self.ptr, None), f"attach {self.section}"
+        )
+        return BpfLink(self._lib, ptr, self.section)
+
     def attach_iter_map(self, map_fd: int) -> BpfLink:
         info = BpfIterLinkInfo(map_fd=map_fd)
         opts = BpfIterAttachOpts(

@@ -9,9 +9,9 @@ record of an unknown type, raises :class:`RecordError`; callers count and skip i
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "DIR_IN",
@@ -105,8 +105,7 @@ class RecordError(ValueError):
     """A buffer that is not a record this version understands."""
 
 
-@dataclass(frozen=True, slots=True)
-class Ident:
+class Ident(NamedTuple):
     """The task captured at the hook."""
 
     tgid: int
@@ -124,8 +123,7 @@ class Ident:
         return self.start_boottime_ns // (1_000_000_000 // clk_tck)
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
+class Counters(NamedTuple):
     tx_bytes: int
     rx_bytes: int
     tx_pkts: int
@@ -134,8 +132,7 @@ class Counters:
     last_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One record of the kernel side. ``ident`` is None when no process is known."""
 
     type: int
@@ -153,7 +150,7 @@ class Record:
     laddr: bytes  # 16 bytes, IPv4-mapped for IPv4
     raddr: bytes
     ident: Ident | None
-    uid: int | None  # the socket's uid when no process is known
+    uid: int | None  # the socket's uid (also when no process is known)
     counters: Counters
 
     @property
@@ -174,6 +171,7 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+@lru_cache(maxsize=8192)
 def address(raw: bytes) -> IPv4Address | IPv6Address:
     """A 16-byte address as an ``ipaddress`` value; IPv4-mapped becomes IPv4."""
     if raw[:12] == _V4_PREFIX:
@@ -191,43 +189,23 @@ def decode_record(buf: bytes | bytearray | memoryview, offset: int = 0) -> Recor
     if len(buf) - offset < RECORD_SIZE:
         raise RecordError(f"record truncated: {len(buf) - offset} of {RECORD_SIZE} bytes")
     f = _RECORD.unpack_from(buf, offset)
-    (rtype, proto, af, direction, hook, flags, lport, rport, _pad, netns,
-     ts, cookie, flow, laddr, raddr) = f[:15]  # fmt: skip
+    rtype, proto, af, direction, hook, flags = f[:6]
     if rtype not in _TYPES:
         raise RecordError(f"unknown record type {rtype}")
-    if af not in (AF_INET, AF_INET6):
+    if af != AF_INET and af != AF_INET6:
         raise RecordError(f"unknown address family {af}")
     if direction > DIR_LOCAL:
         raise RecordError(f"unknown direction {direction}")
-    idf = f[15:25]
     ident: Ident | None = None
     uid: int | None = None
     if rtype in (REC_NEW, REC_END):
-        if flags & F_NO_OWNER:
-            uid = int(idf[3])
-        else:
-            ident = _ident(idf)
-            uid = ident.uid
-    counters = Counters(*f[25:31])
+        uid = f[18]
+        if not flags & F_NO_OWNER:
+            ident = Ident(f[15], f[16], f[17], uid, f[19], f[21], f[22], _text(f[23]), _text(f[24]))
     return Record(
-        type=rtype,
-        proto=proto,
-        af=af,
-        dir=direction,
-        hook=hook,
-        flags=flags,
-        lport=lport,
-        rport=rport,
-        netns=netns,
-        ts_ns=ts,
-        cookie=cookie,
-        flow=flow,
-        laddr=bytes(laddr),
-        raddr=bytes(raddr),
-        ident=ident,
-        uid=uid,
-        counters=counters,
-    )
+        rtype, proto, af, direction, hook, flags, f[6], f[7], f[9], f[10], f[11], f[12],
+        f[13], f[14], ident, uid, Counters(*f[25:31]),
+    )  # fmt: skip
 
 
 def decode_records(buf: bytes | bytearray | memoryview) -> list[Record]:
