@@ -24,23 +24,20 @@ looks only at the oldest entries of each class.
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from netwarden.events import Direction, Event, EventType, Proto, Source
 from netwarden.wire.packet import (
-    F_AUX,
-    F_DPORT,
-    F_DST,
     F_FAMILY,
-    F_FLAGS,
     F_FRAG,
     F_FRAGID,
+    F_L4OFF,
     F_LEN,
     F_PROTO,
-    F_SPORT,
-    F_SRC,
 )
 
 _FIN = 0x01
@@ -151,6 +148,21 @@ class Flow:
         self.q = q
 
 
+def segment_headers(r: tuple[int, ...], data: bytes | memoryview, wirelen: int, segs: int) -> int:
+    """The IP and transport header bytes of the segments after the first of a GSO packet.
+
+    The link header is what the wire length has beyond the IP length; the transport header
+    is TCP's data offset (8 for UDP).
+    """
+    l4 = r[F_L4OFF]
+    iphdr = l4 - (wirelen - r[F_LEN])
+    if r[F_PROTO] == 6 and len(data) > l4 + 12:
+        l4hdr = (data[l4 + 12] >> 4) * 4
+    else:
+        l4hdr = 8
+    return (segs - 1) * max(0, iphdr + l4hdr)
+
+
 def _addr(b: bytes) -> IPv4Address | IPv6Address:
     return IPv4Address(b) if len(b) == 4 else IPv6Address(b)
 
@@ -189,18 +201,20 @@ class FlowTable:
         self._emit_new = emit_new
         self._syn_only = tcp_connections_only
         self.flows: dict[tuple[object, ...], Flow] = {}
-        self._queues: list[dict[tuple[object, ...], Flow]] = [{} for _ in range(_NQ)]
+        self._queues: list[OrderedDict[tuple[object, ...], Flow]] = [
+            OrderedDict() for _ in range(_NQ)
+        ]
         self._frags: dict[tuple[object, ...], tuple[object, ...]] = {}
-        # counters
-        self.packets = 0
-        self.bytes = 0
+        # counters (packets and bytes of ended flows; open flows are added on demand)
+        self._ended_pkts = 0
+        self._ended_bytes = 0
+        self._ended_proto: dict[int, int] = {}
         self.flows_total = 0
         self.evicted = 0
-        self.proto_packets: dict[int, int] = {}
 
     # ------------------------------------------------------------------ hot path
     def packet(
-        self, ts: float, p: tuple[object, ...], ifindex: int = 0, segs: int = 1, extra: int = 0
+        self, ts: float, p: tuple[Any, ...], ifindex: int = 0, segs: int = 1, extra: int = 0
     ) -> None:
         """Account one decoded packet (the decoder's tuple) seen at ``ts``.
 
@@ -208,75 +222,157 @@ class FlowTable:
         as that many packets, and ``extra`` bytes (the IP and transport headers of the segments
         after the first) are added to its IP length, so bytes count as on the wire.
         """
-        proto: int = p[F_PROTO]  # type: ignore[assignment]
-        src: bytes = p[F_SRC]  # type: ignore[assignment]
-        dst: bytes = p[F_DST]  # type: ignore[assignment]
-        sport: int | None = p[F_SPORT]  # type: ignore[assignment]
-        dport: int | None = p[F_DPORT]  # type: ignore[assignment]
-        aux = p[F_AUX]
-        nbytes: int = p[F_LEN] + extra  # type: ignore[operator]
-        frag = p[F_FRAG]
+        # the hot path: one unpack, one key, one lookup, a few attribute updates
+        _fam, proto, src, dst, sport, dport, nbytes, flags, frag, _fid, aux, _l4 = p
         if frag:
-            fkey = (src, dst, proto, p[F_FRAGID])
-            if frag == 1:
-                frags = self._frags
-                if len(frags) >= _MAX_FRAGS:
-                    del frags[next(iter(frags))]
-                frags[fkey] = (sport, dport, aux)
-            else:
-                known = self._frags.get(fkey)
-                if known is not None:
-                    sport, dport, aux = known  # type: ignore[assignment]
-        self.packets += segs
-        self.bytes += nbytes
-        pp = self.proto_packets
-        pp[proto] = pp.get(proto, 0) + segs
-
+            sport, dport, aux = self._fragment(p, src, dst, proto, sport, dport, aux)
         if src < dst or (src == dst and (sport or 0) <= (dport or 0)):
             key = (proto, src, sport, dst, dport, aux)
         else:
             key = (proto, dst, dport, src, sport, aux)
         f = self.flows.get(key)
-        flags: int = p[F_FLAGS] if proto == _TCP else 0  # type: ignore[assignment]
-        if f is not None:
-            if f.closing:
-                if flags & (_SYN | _ACK) == _SYN or ts - f.closing > self._tmo[_Q_CLOSING]:
-                    # a new connection on a closing flow's tuple, or past the linger
-                    self._end(f, ts)
-                    f = None
-            elif ts - f.last > self._tmo[f.q]:
-                # timed out before expire() came round to it (between batches, in replays)
-                self._end(f, ts)
-                f = None
-        if f is None:
-            f = self._new_flow(key, p, src, sport, dst, dport, aux, flags, ts, ifindex)
-            new = True
+        if proto != _TCP:
+            flags = 0
+        new = False
+        if f is None or f.closing or ts - f.last > self._tmo[f.q]:
+            f, new = self._slow(f, key, p, src, sport, dst, dport, aux, flags, ts, ifindex)
         else:
-            new = False
-            q = self._queues[f.q]
-            del q[key]
-            q[key] = f
+            self._queues[f.q].move_to_end(key)
+        if extra:
+            nbytes += extra
         f.last = ts
-        if src == f.src and sport == f.sport:
+        if sport == f.sport and src == f.src:
             f.opkts += segs
             f.obytes += nbytes
-            orig = True
+            if flags & 5:  # FIN or RST
+                self._fin_rst(f, flags, True, ts)
         else:
             f.rpkts += segs
             f.rbytes += nbytes
-            orig = False
             qi = f.q
             if qi in (_Q_TCP_OPEN, _Q_UDP):
                 self._move(f, _Q_TCP_EST if qi == _Q_TCP_OPEN else _Q_UDP_STREAM)
-        if flags & (_FIN | _RST) and not f.closing:
-            if flags & _RST:
-                self._closing(f, ts)
-            else:
-                f.fins |= 1 if orig else 2
-                if f.fins == 3:
-                    self._closing(f, ts)
+            if flags & 5:
+                self._fin_rst(f, flags, False, ts)
         if new and self._emit_new and (f.syn or not self._syn_only):
             self._emit(self._event(f, EventType.NEW))
+
+    def feed_captured(
+        self,
+        batch: Iterable[tuple[Any, ...]],
+        decoder: Callable[[int], Callable[[Any, int], Any] | None],
+    ) -> tuple[int, int, int]:
+        """Decode and account a batch of captured packets ``(ts, data, wirelen, linktype,
+        ifindex, segs)``: :meth:`packet` inlined for the common case (a known, open flow; no
+        fragment, no offload) to save a call per packet; anything else goes through it.
+        Returns (not IP, malformed, unsupported link type) counts."""
+        flows_get = self.flows.get
+        queues = self._queues
+        tmo = self._tmo
+        slow = self.packet
+        last_lt = -1
+        dec: Callable[[Any, int], Any] | None = None
+        other = malformed = unsupported = 0
+        for ts, data, wirelen, linktype, ifindex, segs in batch:
+            if linktype != last_lt:
+                last_lt = linktype
+                dec = decoder(linktype)
+            if dec is None:
+                unsupported += 1
+                continue
+            r = dec(data, wirelen)
+            if not r:
+                if r is None:
+                    other += 1
+                else:
+                    malformed += 1
+                continue
+            _fam, proto, src, dst, sport, dport, nbytes, flags, frag, _fid, aux, _l4 = r
+            if frag or segs != 1:
+                if segs != 1:
+                    slow(ts, r, ifindex, segs, segment_headers(r, data, wirelen, segs))
+                else:
+                    slow(ts, r, ifindex)
+                continue
+            if src < dst or (src == dst and (sport or 0) <= (dport or 0)):
+                key = (proto, src, sport, dst, dport, aux)
+            else:
+                key = (proto, dst, dport, src, sport, aux)
+            f = flows_get(key)
+            if f is None or f.closing or ts - f.last > tmo[f.q] or (proto == _TCP and flags & 5):
+                slow(ts, r, ifindex)
+                continue
+            queues[f.q].move_to_end(key)
+            f.last = ts
+            if sport == f.sport and src == f.src:
+                f.opkts += 1
+                f.obytes += nbytes
+            else:
+                f.rpkts += 1
+                f.rbytes += nbytes
+                qi = f.q
+                if qi in (_Q_TCP_OPEN, _Q_UDP):
+                    self._move(f, _Q_TCP_EST if qi == _Q_TCP_OPEN else _Q_UDP_STREAM)
+        return other, malformed, unsupported
+
+    def _fragment(
+        self,
+        p: tuple[object, ...],
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        sport: int | None,
+        dport: int | None,
+        aux: object,
+    ) -> tuple[int | None, int | None, object]:
+        """A fragment's ports (and ICMP discriminator): a non-first fragment takes those of
+        the first fragment with the same addresses, protocol and IP id, else none."""
+        fkey = (src, dst, proto, p[F_FRAGID])
+        frags = self._frags
+        if p[F_FRAG] == 1:
+            if len(frags) >= _MAX_FRAGS:
+                del frags[next(iter(frags))]
+            frags[fkey] = (sport, dport, aux)
+            return sport, dport, aux
+        known = frags.get(fkey)
+        return known if known is not None else (sport, dport, aux)  # type: ignore[return-value]
+
+    def _slow(
+        self,
+        f: Flow | None,
+        key: tuple[object, ...],
+        p: tuple[object, ...],
+        src: bytes,
+        sport: int | None,
+        dst: bytes,
+        dport: int | None,
+        aux: object,
+        flags: int,
+        ts: float,
+        ifindex: int,
+    ) -> tuple[Flow, bool]:
+        """A packet that starts a flow, or meets a closing or timed-out one: the flow to
+        count it in, and whether that flow is new."""
+        if f is not None:
+            if f.closing and not (
+                flags & (_SYN | _ACK) == _SYN or ts - f.closing > self._tmo[_Q_CLOSING]
+            ):
+                self._queues[f.q].move_to_end(key)
+                return f, False
+            # a new connection on a closing flow's tuple, past the linger, or timed out
+            # before expire() came round to it (between batches, in replays)
+            self._end(f, ts)
+        return self._new_flow(key, p, src, sport, dst, dport, aux, flags, ts, ifindex), True
+
+    def _fin_rst(self, f: Flow, flags: int, orig: bool, ts: float) -> None:
+        if f.closing:
+            return
+        if flags & _RST:
+            self._closing(f, ts)
+        else:
+            f.fins |= 1 if orig else 2
+            if f.fins == 3:
+                self._closing(f, ts)
 
     def _new_flow(
         self,
@@ -337,7 +433,29 @@ class FlowTable:
         f.closing = ts
         self._move(f, _Q_CLOSING)
 
+    @property
+    def packets(self) -> int:
+        """IP packets accounted so far (ended and open flows)."""
+        return self._ended_pkts + sum(f.opkts + f.rpkts for f in self.flows.values())
+
+    @property
+    def bytes(self) -> int:
+        """IP-layer bytes accounted so far."""
+        return self._ended_bytes + sum(f.obytes + f.rbytes for f in self.flows.values())
+
+    @property
+    def proto_packets(self) -> dict[int, int]:
+        """Packets by IP protocol number."""
+        out = dict(self._ended_proto)
+        for f in self.flows.values():
+            out[f.proto] = out.get(f.proto, 0) + f.opkts + f.rpkts
+        return out
+
     def _end(self, f: Flow, now: float) -> None:
+        n = f.opkts + f.rpkts
+        self._ended_pkts += n
+        self._ended_bytes += f.obytes + f.rbytes
+        self._ended_proto[f.proto] = self._ended_proto.get(f.proto, 0) + n
         del self.flows[f.key]
         del self._queues[f.q][f.key]
         if f.syn or not self._syn_only:

@@ -6,12 +6,11 @@ Pure: it is fed batches of captured packets and counts what it could not use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
-from netwarden.stats.flows import FlowTable
+from netwarden.stats.flows import FlowTable, segment_headers
 from netwarden.wire.packet import (
     F_L4OFF,
-    F_LEN,
     F_PROTO,
     F_SPORT,
     UnsupportedLinkType,
@@ -23,21 +22,6 @@ log = logging.getLogger(__name__)
 #: one captured packet: (ts, data, wirelen, linktype, ifindex, segs)
 Captured = tuple[float, "bytes | memoryview", int, int, int, int]
 Decode = Callable[["bytes | memoryview", int], object]
-
-
-def _segment_headers(r: tuple[int, ...], data: bytes | memoryview, wirelen: int, segs: int) -> int:
-    """The IP and transport header bytes of the segments after the first of a GSO packet.
-
-    The link header is what the wire length has beyond the IP length; the transport header
-    is TCP's data offset (8 for UDP).
-    """
-    l4 = r[F_L4OFF]
-    iphdr = l4 - (wirelen - r[F_LEN])
-    if r[F_PROTO] == 6 and len(data) > l4 + 12:
-        l4hdr = (data[l4 + 12] >> 4) * 4
-    else:
-        l4hdr = 8
-    return (segs - 1) * max(0, iphdr + l4hdr)
 
 
 def payload_of(r: tuple[object, ...], data: bytes | memoryview) -> bytes | memoryview:
@@ -158,18 +142,24 @@ class PacketCounter:
             self._filters[linktype] = self._matcher(linktype) if dec is not None else None
         return dec
 
-    def feed(self, batch: Iterable[Captured]) -> None:
+    def feed(self, batch: Sequence[Captured]) -> None:
         """Account a batch of captured packets (a ring block, a chunk of a file)."""
-        decoders = self._decoders
+        if self._matcher is not None or self.inspector is not None:
+            self._feed_filtered(batch)
+            return
+        other, malformed, unsupported = self.table.feed_captured(batch, self.decoder)
+        self.captured += len(batch)
+        self.other += other
+        self.malformed += malformed
+        self.unsupported += unsupported
+
+    def _feed_filtered(self, batch: Sequence[Captured]) -> None:
+        """:meth:`feed` with the user-space filter and the payload inspector."""
         table_packet = self.table.packet
         filters = self._filters if self._matcher is not None else None
         inspect = self.inspector.accept if self.inspector is not None else None
-        n = 0
         for ts, data, wirelen, linktype, ifindex, segs in batch:
-            n += 1
-            dec = decoders.get(linktype, False)
-            if dec is False:
-                dec = self.decoder(linktype)
+            dec = self.decoder(linktype)
             if dec is None:
                 self.unsupported += 1
                 continue
@@ -178,17 +168,17 @@ class PacketCounter:
                 if flt is not None and not flt(data, wirelen):
                     self.filtered += 1
                     continue
-            r = dec(data, wirelen)  # type: ignore[operator]
+            r = dec(data, wirelen)
             if r and inspect is not None and not inspect(r, data):  # type: ignore[arg-type]
                 self.filtered += 1
                 continue
             if r:
                 if segs > 1:
-                    table_packet(ts, r, ifindex, segs, _segment_headers(r, data, wirelen, segs))  # type: ignore[arg-type]
+                    table_packet(ts, r, ifindex, segs, segment_headers(r, data, wirelen, segs))  # type: ignore[arg-type]
                 else:
                     table_packet(ts, r, ifindex)  # type: ignore[arg-type]
             elif r is None:
                 self.other += 1
             else:
                 self.malformed += 1
-        self.captured += n
+        self.captured += len(batch)
