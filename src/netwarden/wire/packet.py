@@ -109,6 +109,8 @@ class UnsupportedLinkType(ValueError):
 
 # Link layer.
 _ETH_IP4 = struct.Struct("!12xHBxHHHxB2x4s4s")  # Ethernet + IPv4 fixed header
+# Ethernet + IPv4 without options + the ports: the fast path's single unpack
+_ETH_IP4_PORTS = struct.Struct("!12xHBxHHHxB2x4s4sHH")
 _IP4 = struct.Struct("!BxHHHxB2x4s4s")
 _IP6 = struct.Struct("!B3xHB1x16s16s")
 _U16 = struct.Struct("!H")
@@ -118,6 +120,7 @@ _PORTS = struct.Struct("!HH")
 _PORTS_FLAGS = struct.Struct("!HH9xB")
 
 _eth_ip4 = _ETH_IP4.unpack_from
+_eth_ip4_ports = _ETH_IP4_PORTS.unpack_from
 _ip4 = _IP4.unpack_from
 _ip6 = _IP6.unpack_from
 _ports_flags = _PORTS_FLAGS.unpack_from
@@ -375,21 +378,21 @@ def _decode_ethernet(buf: Buffer, wirelen: int) -> Result:
     try:
         captured = len(buf)
         if captured >= 38:
-            ethertype, vihl, total, _ident, frag_field, proto, src, dst = _eth_ip4(buf)
+            ethertype, vihl, total, _ident, frag_field, proto, src, dst, sport, dport = (
+                _eth_ip4_ports(buf)
+            )
             if ethertype == 0x0800:
                 # The specialised path: IPv4 without options or fragmentation, consistent
-                # length, TCP or UDP with the ports captured. Anything else, and any doubt,
-                # goes the general way.
+                # length, TCP or UDP with the ports captured (one unpack). Anything else, and
+                # any doubt, goes the general way.
                 if vihl == 0x45 and not frag_field & 0x3FFF and 20 <= total <= wirelen - 14:
                     end = 14 + total
                     if end > captured:
                         end = captured
                     if proto == 6:
                         if end >= 48:
-                            sport, dport, flags = _ports_flags(buf, 34)
-                            return (4, 6, src, dst, sport, dport, total, flags, 0, 0, None, 34)
+                            return (4, 6, src, dst, sport, dport, total, buf[47], 0, 0, None, 34)
                     elif proto == 17 and end >= 38:
-                        sport, dport = _ports(buf, 34)
                         return (4, 17, src, dst, sport, dport, total, 0, 0, 0, None, 34)
                 return _ipv4(buf, 14, wirelen)
         elif captured < 14:
