@@ -713,3 +713,71 @@ def test_close_from_another_thread(bpf_object: Path, ns: Netns) -> None:
     assert sorted(e.event for e in got) == [EventType.END, EventType.NEW, EventType.PROBE]
     assert src.summary()["records"] == 3
     src.close()  # idempotent
+
+
+IDLE_PY = """
+import socket, sys, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"one", ("127.0.0.1", 9))
+time.sleep(float(sys.argv[1]))
+u.sendto(b"two!", ("127.0.0.1", 9))
+print("sent", flush=True)
+input()
+"""
+
+
+def test_idle_udp_flow_ends_and_a_new_one_starts(
+    ns: Netns, collectors: Callable[..., Collector], procs: Callable[..., Started]
+) -> None:
+    from netwarden.stats.flows import Timeouts
+
+    c = collectors(netns=netns_inode(ns), timeouts=Timeouts(udp=0.3), sweep_interval=0.1)
+    sender = procs(ns, sys.executable, "-c", IDLE_PY, "1.5")
+    (first_end,) = c.wait_for(lambda e: e.event == EventType.END and e.dport == 9, timeout=5)
+    assert first_end.pid == sender.pid and (first_end.orig_pkts, first_end.orig_bytes) == (1, 31)
+    sender.wait_line("sent")
+    news = c.wait_for(lambda e: e.event == EventType.NEW and e.dport == 9, count=2)
+    assert news[0].flow == first_end.flow and news[1].flow != first_end.flow
+    assert news[1].sport == news[0].sport and news[1].orig_bytes == 32
+    c.stop()  # the second flow is still open: ended by the stop
+    ends = c.matching(lambda e: e.event == EventType.END and e.dport == 9)
+    assert [e.flow for e in ends] == [first_end.flow, news[1].flow]
+
+
+def _variant(bpf_object: Path, tmp: Path, refuse: int) -> Path:
+    """The object built with -DNW_TEST_REFUSE (an invalid program the kernel refuses)."""
+    src = REPO / "src" / "netwarden" / "bpf"
+    out = tmp / f"refuse{refuse}.o"
+    cp = subprocess.run(
+        [
+            "clang", "-g", "-O2", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
+            f"-DNW_TEST_REFUSE={refuse}", f"-I{bpf_object.parent}", f"-I{src}",
+            "-c", str(src / "netwarden.bpf.c"), "-o", str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if cp.returncode != 0 or os.uname().machine != "x86_64":
+        pytest.skip(f"cannot build the test variant: {cp.stderr.strip()[:200]}")
+    return out
+
+
+def test_refused_hooks_are_reported(bpf_object: Path, tmp_path: Path) -> None:
+    from netwarden.capture.ebpf import EbpfSource
+    from netwarden.errors import MissingCapability
+
+    # an optional hook refused: the source runs without it and says why
+    src = EbpfSource(obj_path=_variant(bpf_object, tmp_path, 1))
+    try:
+        assert src.unavailable == {"nw_tcp_reset": "invalid bpf_context access off=504 size=8"}
+        assert src.summary()["unavailable"] == src.unavailable
+    finally:
+        src.close()
+    # a required one: MissingCapability naming the hook and the kernel's reason
+    with pytest.raises(MissingCapability) as exc:
+        EbpfSource(obj_path=_variant(bpf_object, tmp_path, 2))
+    assert exc.value.exit_code == 3
+    assert str(exc.value).startswith(
+        "the kernel refused sockops (TCP connect, accept, listen): "
+        "invalid bpf_context access off=4000 size=4; use --backend conntrack or sniff"
+    )

@@ -37,6 +37,12 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Tests only: -DNW_TEST_REFUSE=1 makes the kernel refuse tcp_send_reset's program, =2 the
+ * sockops one (an out-of-bounds context read), to check how a refused hook is reported. */
+#ifndef NW_TEST_REFUSE
+#define NW_TEST_REFUSE 0
+#endif
+
 /* set by user space before loading: the namespace to watch (0: all) */
 const volatile __u32 nw_netns = 0;
 
@@ -494,6 +500,8 @@ static __always_inline void tcp_accept(struct bpf_sock_ops *ctx)
 SEC("sockops")
 int nw_sockops(struct bpf_sock_ops *ctx)
 {
+	if (NW_TEST_REFUSE == 2)
+		return ((volatile __u32 *)ctx)[1000];
 	switch (ctx->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		tcp_connect(ctx);
@@ -1111,6 +1119,8 @@ static __always_inline void probe(const struct sk_buff *skb, __u8 want_proto, __
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(nw_tcp_reset, const struct sock *sk, const struct sk_buff *skb)
 {
+	if (NW_TEST_REFUSE == 1)
+		return ((volatile __u64 *)ctx)[63];
 	/* with a socket it is a reset of an existing connection, not a probe */
 	if (sk || !skb)
 		return 0;

@@ -407,8 +407,7 @@ class EbpfSource:
                 what = PROGRAMS[failed][1] if failed in PROGRAMS else "the eBPF object"
                 raise MissingCapability(
                     f"the kernel refused {what}: {reason}",
-                    "use --backend conntrack or sniff, or a kernel with BTF, "
-                    "bpf_cast_to_kern_ctx (6.2+) and cgroup BPF",
+                    "use --backend conntrack or sniff (the eBPF backend needs Linux 6.2 or later)",
                 ) from exc
 
     def _attach(self) -> None:
