@@ -763,7 +763,7 @@ def _variant(bpf_object: Path, tmp: Path, refuse: int) -> Path:
 
 
 def test_refused_hooks_are_reported(bpf_object: Path, tmp_path: Path) -> None:
-    from netwarden.capture.ebpf import EbpfSource
+    from netwarden.capture.ebpf import EbpfSource, check
     from netwarden.errors import MissingCapability
 
     # an optional hook refused: the source runs without it and says why
@@ -774,8 +774,9 @@ def test_refused_hooks_are_reported(bpf_object: Path, tmp_path: Path) -> None:
     finally:
         src.close()
     # a required one: MissingCapability naming the hook and the kernel's reason
+    assert check(bpf_object) == {}
     with pytest.raises(MissingCapability) as exc:
-        EbpfSource(obj_path=_variant(bpf_object, tmp_path, 2))
+        check(_variant(bpf_object, tmp_path, 2))
     assert exc.value.exit_code == 3
     assert str(exc.value).startswith(
         "the kernel refused sockops (TCP connect, accept, listen): "

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EbpfSource", "find_object", "make_event"]
+__all__ = ["EbpfSource", "check", "find_object", "make_event"]
 
 OBJECT_NAME: Final = "netwarden.bpf.o"
 BTF_PATH: Final = "/sys/kernel/btf/vmlinux"
@@ -248,6 +248,14 @@ class EbpfSource:
     events as they come), ``fileno()`` (readable when records are ready), ``stop()``
     (signal-safe: iteration ends after emitting ``end`` for the flows still open),
     ``close()`` (detaches everything), ``summary()``.
+
+    ``all_netns`` reports every network namespace, ``netns`` (an inode number) one other
+    than our own. ``ring_size`` is the ring buffer's size in bytes (a power of two; a record
+    takes 200 bytes). ``udp_flows`` bounds the kernel's UDP flow table (LRU), ``timeouts``
+    give the idle time after which a UDP flow ends (checked every ``sweep_interval``
+    seconds). ``proc`` reads /proc for exe, cmdline, unit and container (``enrich=False``:
+    only what the kernel captured). ``cgroup_root``: where the cgroup v2 hierarchy is
+    (found or mounted when not given).
     """
 
     def __init__(
@@ -833,6 +841,17 @@ class EbpfSource:
         if self._cgroup_fd >= 0:
             os.close(self._cgroup_fd)
             self._cgroup_fd = -1
+
+
+def check(obj_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Whether the eBPF backend runs here (for ``netwarden doctor``): loads and attaches
+    everything once, then detaches. Returns the optional hooks this kernel refuses (name →
+    reason, empty when all work); raises MissingCapability when the backend cannot run."""
+    src = EbpfSource(obj_path=obj_path, enrich=False, ring_size=1 << 16)
+    try:
+        return dict(src.unavailable)
+    finally:
+        src.close()
 
 
 def _reason(lines: list[str], exc: OSError) -> str:
