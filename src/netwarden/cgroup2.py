@@ -107,7 +107,7 @@ def cgroup2_root(
             "run as root, or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
         ) from exc
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_void_p]
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
     libc.mount.restype = ctypes.c_int
     if libc.mount(b"cgroup2", os.fsencode(mount_dir), b"cgroup2", 0, None) != 0:
         err = ctypes.get_errno()

@@ -782,3 +782,26 @@ def test_refused_hooks_are_reported(bpf_object: Path, tmp_path: Path) -> None:
         "the kernel refused sockops (TCP connect, accept, listen): "
         "invalid bpf_context access off=4000 size=4; use --backend conntrack or sniff"
     )
+
+
+def test_cgroup2_is_mounted_when_none_is(
+    tmp_path: Path, ns: Netns, collectors: Callable[..., Collector]
+) -> None:
+    """With no cgroup v2 mount in sight, one is mounted; attached there, hooks see all."""
+    from netwarden.cgroup2 import cgroup2_root, find_cgroup2
+
+    fake = tmp_path / "mountinfo"
+    fake.write_text("22 28 0:20 / /sys rw - sysfs sysfs rw\n")
+    where = tmp_path / "cg2"
+    try:
+        assert cgroup2_root(mountinfo_path=str(fake), mount_dir=str(where)) == str(where)
+        assert (where / "cgroup.procs").exists()
+        mine = Path("/proc/self/mountinfo").read_text()
+        assert str(where) in {ln.split()[4] for ln in mine.splitlines()}
+        assert find_cgroup2(mine) is not None
+        c = collectors(netns=netns_inode(ns), cgroup_root=str(where))
+        py(ns, SEND9_PY)
+        c.wait_for(lambda e: e.event == EventType.NEW and e.dport == 9)
+        c.stop()
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)
