@@ -89,33 +89,21 @@ def check_ebpf() -> Check:
         return Check("ebpf", "backend", False, "libbpf.so.1 is missing", "apt-get install libbpf1")
     if not (_has(CAP_BPF) or _has(CAP_SYS_ADMIN)):
         return Check("ebpf", "backend", False, "no CAP_BPF/CAP_SYS_ADMIN", "run as root")
-    obj = _bpf_object()
-    if obj is None:
-        return Check(
-            "ebpf",
-            "backend",
-            False,
-            "the eBPF objects are not built",
-            "run `make` (scripts/build-bpf.sh needs clang and bpftool)",
-        )
-    return Check("ebpf", "backend", True, f"BTF, libbpf and {obj} present")
-
-
-def _bpf_object() -> str | None:
     import importlib
+
+    from netwarden.errors import MissingCapability
 
     try:
         ebpf = importlib.import_module("netwarden.capture.ebpf")
+        refused: dict[str, str] = ebpf.check()  # loads and attaches once, then detaches
     except ImportError:
-        return None
-    finder: Callable[[], str | None] | None = getattr(ebpf, "object_path", None)
-    if finder is None:
-        return None
-    try:
-        path = finder()
-    except Exception:
-        return None
-    return path if path and os.path.exists(path) else None
+        return Check("ebpf", "backend", False, "the eBPF backend is not in this build")
+    except MissingCapability as exc:
+        return Check("ebpf", "backend", False, exc.what, exc.fix)
+    if refused:
+        hooks = "; ".join(f"{k}: {v}" for k, v in sorted(refused.items()))
+        return Check("ebpf", "backend", True, f"works without optional hooks ({hooks})")
+    return Check("ebpf", "backend", True, "every hook loads and attaches")
 
 
 def check_conntrack() -> Check:

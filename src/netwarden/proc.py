@@ -207,7 +207,8 @@ class ProcReader:
     def _load(self, pid: int, st: tuple[str, int, int]) -> ProcessInfo:
         comm, ppid, _start = st
         tgid, uid, gid = self._ids(pid)
-        if tgid is not None and tgid != pid:
+        if tgid is not None and tgid > 0 and tgid != pid:
+            # (a process being reaped shows Tgid 0: keep the pid we were given)
             # a thread id: describe the process (the interface's pid is the tgid)
             main = self.stat(tgid)
             if main is not None:

@@ -134,3 +134,11 @@ def test_real_proc_self() -> None:
 
     p = ProcReader().info(os.getpid())
     assert p.pid == os.getpid() and p.cmdline and "python" in (p.exe or "")
+
+
+def test_a_process_being_reaped_keeps_its_pid(tree: Path) -> None:
+    # /proc/PID/status of a zombie being reaped shows Tgid 0
+    status = tree / "300" / "status"
+    status.write_text(status.read_text().replace("Tgid:\t300", "Tgid:\t0"))
+    p = ProcReader(str(tree), user_name=users).info(300)
+    assert p.pid == 300 and p.comm == "curl) evil (x"
