@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TextIO
 
 from netwarden.config import Config
@@ -196,9 +197,14 @@ class Pipeline:
             return
         if now >= self._next_snapshot:
             table = getattr(self.source, "table", None)
+            open_flows = getattr(self.source, "open_tcp_flows", None)
             if table is not None:
                 for snap in table.active_since(self._last_snapshot):
                     self.store.add_flow_snapshot(snap)
+            elif open_flows is not None:
+                # the eBPF backend: the kernel's counters so far for every open TCP flow
+                for ev in open_flows():
+                    self.store.add_flow_snapshot(replace(ev, duration=max(0.0, now - ev.ts)))
             self._last_snapshot = now
             self._next_snapshot = now + SNAPSHOT_INTERVAL
         if now >= self._next_flush:
