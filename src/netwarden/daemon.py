@@ -431,11 +431,30 @@ def _run(
                         log.error("SIGHUP: config not reloaded: %s", exc)
                 pipeline.new_statistics()
 
-        source.tick = tick
+        # the periodic work runs on a ticker thread, whatever the backend does while idle;
+        # one lock keeps it and the event loop apart
+        lock = pipeline.lock
+        done = threading.Event()
+
+        def ticker() -> None:
+            while not done.wait(0.5):
+                try:
+                    with lock:
+                        tick(time.time())
+                except Exception:  # the outermost loop of this thread: log, keep going
+                    log.exception("periodic work failed")
+
+        ticking = threading.Thread(target=ticker, name="nw-tick", daemon=True)
+        ticking.start()
         where = f"listening on {cfg.iface}" if cfg.iface else "listening on all interfaces"
         _report_ready(f"{where}\ndashboard and metrics on http://{cfg.listen}/\n")
-        for event in source:
-            pipeline.handle(event)
+        try:
+            for event in source:
+                with lock:
+                    pipeline.handle(event)
+        finally:
+            done.set()
+            ticking.join(10)
         return 0
     finally:
         if pipeline is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -131,6 +132,9 @@ class Pipeline:
                 ) from None
         self.events_seen = 0
         self.flows_seen = 0
+        #: held by whoever calls handle()/tick(); write_stats() takes it itself (it is also
+        #: called from the web and dump-trigger threads)
+        self.lock = threading.RLock()
         self.defense = defense
         self.hook = hook
         self._now = 0.0
@@ -243,8 +247,10 @@ class Pipeline:
     def write_stats(self) -> str:
         path = os.path.join(self.state_dir, STATS_FILE)
         tmp = path + ".tmp"
+        with self.lock:
+            stats = self.stats()
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.stats(), f, indent=1)
+            json.dump(stats, f, indent=1)
             f.write("\n")
         os.replace(tmp, path)
         return path

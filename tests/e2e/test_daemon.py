@@ -80,8 +80,16 @@ def offloads_off(pair: VethPair) -> None:
 
 
 def nw(ns: Netns, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return ns.run(sys.executable, "-m", "netwarden.cli", *args, "--state-dir", str(state),
-                  check=False, timeout=60)  # fmt: skip
+    return ns.run(
+        sys.executable,
+        "-m",
+        "netwarden.cli",
+        *args,
+        "--state-dir",
+        str(state),
+        check=False,
+        timeout=60,
+    )
 
 
 class Daemon:
@@ -89,10 +97,21 @@ class Daemon:
         self.ns = ns
         self.state = state
         self.proc = ns.popen(
-            sys.executable, "-m", "netwarden.cli", "run", "--backend", "sniff",
-            "--state-dir", str(state), "--listen", "127.0.0.1:9751", *extra,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "netwarden.cli",
+            "run",
+            "--backend",
+            "sniff",
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:9751",
+            *extra,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         assert self.proc.stderr is not None
         line = ""
@@ -181,8 +200,16 @@ def test_report_query_stats_against_nft_counters(hosts: VethPair, tmp_path: Path
         d.proc.send_signal(signal.SIGUSR1)
         wait_for(lambda: stats.exists() and stats.stat().st_mtime_ns != before)
         dump = json.loads(stats.read_text())
-        assert {"start", "current", "hits_per_minute", "bytes_per_second", "users", "device",
-                "filter", "rows"} <= set(dump)  # fmt: skip
+        assert {
+            "start",
+            "current",
+            "hits_per_minute",
+            "bytes_per_second",
+            "users",
+            "device",
+            "filter",
+            "rows",
+        } <= set(dump)
         assert {r["key"] for r in dump["rows"]} >= set(REMOTES)
         # the CLI side of the same: status, dump
         assert nw(a, tmp_path, "status").stdout.startswith("running (pid")
@@ -205,8 +232,9 @@ def test_kill_9_loses_at_most_one_flush_and_db_is_sound(hosts: VethPair, tmp_pat
         d.proc.wait()
     conn = sqlite3.connect(tmp_path / "netwarden.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    n = conn.execute("SELECT count(*) FROM flows WHERE dport = ? AND event = 'end'",
-                     (PORT,)).fetchone()[0]  # fmt: skip
+    n = conn.execute(
+        "SELECT count(*) FROM flows WHERE dport = ? AND event = 'end'", (PORT,)
+    ).fetchone()[0]
     assert n == 6
     conn.close()
     # a stale pidfile does not stop the next start
@@ -226,10 +254,13 @@ def test_bad_input_exits_2(hosts: VethPair, tmp_path: Path) -> None:
     r = nw(a, tmp_path, "run", "--listen", "10.0.0.1:80")
     assert r.returncode == 2 and "token" in r.stderr
     # a port already in use
-    blocker = a.popen(sys.executable, "-c",
-                      "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 9752)); "
-                      "s.listen(); print('ok', flush=True); time.sleep(60)",
-                      stdout=subprocess.PIPE)  # fmt: skip
+    blocker = a.popen(
+        sys.executable,
+        "-c",
+        "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 9752)); "
+        "s.listen(); print('ok', flush=True); time.sleep(60)",
+        stdout=subprocess.PIPE,
+    )
     try:
         assert blocker.stdout is not None and blocker.stdout.readline().strip() == b"ok"
         r = nw(a, tmp_path, "run", "--listen", "127.0.0.1:9752")
@@ -238,6 +269,68 @@ def test_bad_input_exits_2(hosts: VethPair, tmp_path: Path) -> None:
         blocker.kill()
         blocker.wait()
     # an unwritable state dir (root ignores mode bits: a path under /proc)
-    r = a.run(sys.executable, "-m", "netwarden.cli", "run", "--state-dir", "/proc/nope",
-              check=False)  # fmt: skip
+    r = a.run(
+        sys.executable, "-m", "netwarden.cli", "run", "--state-dir", "/proc/nope", check=False
+    )
     assert r.returncode == 2 and "--state-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_query_and_report_by_process_with_ebpf(hosts: VethPair, tmp_path: Path) -> None:
+    from netwarden.doctor import check_ebpf
+
+    if not check_ebpf().ok:
+        pytest.skip("the eBPF backend is not available here")
+    a = hosts.a
+    proc = a.popen(
+        sys.executable,
+        "-m",
+        "netwarden.cli",
+        "run",
+        "--backend",
+        "ebpf",
+        "--state-dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:9754",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "listening on" in line, line + proc.stderr.read()
+        pids = []
+        for addr in ("10.250.1.2", "10.250.2.2"):
+            c = a.popen(
+                "socat", "-", f"TCP:{addr}:{PORT}", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            out, _ = c.communicate(b"5000\n", timeout=20)
+            assert len(out) == 5000
+            pids.append(c.pid)
+
+        def stored() -> bool:
+            r = nw(a, tmp_path, "query", "--comm", "socat", "--json")
+            return len(r.stdout.splitlines()) == 2
+
+        wait_for(stored)
+        rows = [
+            json.loads(x)
+            for x in nw(a, tmp_path, "query", "--comm", "socat", "--json").stdout.splitlines()
+        ]
+        assert sorted(r["pid"] for r in rows) == sorted(pids)
+        assert all(r["attribution"] == "kernel" and r["source"] == "ebpf" for r in rows)
+        assert {r["dst"] for r in rows} == {"10.250.1.2", "10.250.2.2"}
+        one = nw(a, tmp_path, "query", "--pid", str(pids[0]), "--format", "{comm} {dst}")
+        assert one.stdout.splitlines() == ["socat 10.250.1.2"]
+        by_proc = {
+            x["key"]: x
+            for x in map(
+                json.loads,
+                nw(a, tmp_path, "report", "--by", "process", "--json").stdout.splitlines(),
+            )
+        }
+        assert by_proc["socat"]["conns"] == 2 and by_proc["socat"]["bytes_in"] > 10000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

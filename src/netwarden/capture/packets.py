@@ -50,8 +50,6 @@ class _EventSource:
         )
         self.counter = PacketCounter(self.table, matcher=matcher, inspector=inspector)
         self._stopping = False
-        #: called with the time after each batch (housekeeping of whoever iterates)
-        self.tick: Callable[[float], None] | None = None
 
     def stop(self) -> None:
         """Ask the iteration to finish: open flows are ended, then it stops (signal-safe)."""
@@ -146,10 +144,7 @@ class SniffSource(_EventSource):
         for batch in self.ring.batches(self.poll_interval):
             if batch:
                 feed(batch)
-            now = time.time()
-            expire(now)
-            if self.tick is not None:
-                self.tick(now)
+            expire(time.time())
             while pending:
                 yield pending.popleft()
         # stop() makes the ring hand over what it still holds, then batches() ends
