@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -94,6 +95,7 @@ def machine_info() -> dict[str, Any]:
         return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr) else ""
 
     commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).strip()
+    dirty = sh("git", "-C", str(ROOT), "status", "--porcelain", "--", "src", check=False)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": model,
@@ -105,8 +107,34 @@ def machine_info() -> dict[str, Any]:
         "libpcap": _libpcap_version(),
         "gcc": version(["gcc", "--version"]),
         "git_commit": commit or "(no commit yet)",
+        "src_uncommitted": dirty.splitlines(),
+        "src_digest": src_digest(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
+
+
+# The modules `netwarden sniff` runs per packet or per batch.
+MEASURED = (
+    "cli.py",
+    "events.py",
+    "output.py",
+    "capture/afpacket.py",
+    "capture/packets.py",
+    "stats/flows.py",
+    "stats/packets.py",
+    "wire/packet.py",
+)
+
+
+def src_digest() -> str:
+    """A digest of the measured modules: the same at the start and the end of a run, or the
+    code changed under the benchmark (other people work in this tree)."""
+    h = hashlib.sha256()
+    for name in MEASURED:
+        path = ROOT / "src" / "netwarden" / name
+        h.update(name.encode())
+        h.update(path.read_bytes() if path.exists() else b"-")
+    return h.hexdigest()[:16]
 
 
 def _libpcap_version() -> str:
@@ -1052,6 +1080,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("bench: --profile: no py-spy in the venv (pip install py-spy); live unprofiled")
         with _terminate_as_interrupt():
             results["live"] = run_live(cfg)
+    results["src_digest_at_end"] = src_digest()
+    if results["src_digest_at_end"] != results["machine"]["src_digest"]:
+        log("bench: netwarden's sources changed during the run: the figures mix versions")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
