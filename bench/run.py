@@ -19,6 +19,12 @@ micro
     ``time.process_time`` gives µs per packet for the loop alone, decode alone, and decode +
     flow update (``PacketCounter.feed``, the path ``sniff`` runs).
 
+Options worth knowing: ``--profile`` (cProfile of the micro path, plus one extra live step
+with py-spy sampling netwarden), ``--breakdown`` (extra live steps with ``ringprobe.py``:
+ring only, + decode, + flow update, gc off, SniffSource), ``--retries``/``--others-max``
+(repeat a step the generator fell short in or other people's processes disturbed: this
+machine is shared), ``--no-pin``.
+
 Run as root. Nothing here asserts a timing; the figures go to BENCHMARKS.md.
 """
 
@@ -521,7 +527,8 @@ def run_step(tb: Testbed, cfg: LiveConfig, rate: int, spy: bool = False) -> dict
             "received_by_filter": counters.get("received by filter"),
             **{k: round(v, 4) for k, v in cpu.items()},
             "us_per_packet": round(cpu["cpu_s"] * 1e6 / captured, 4) if captured else None,
-            "cpu_share": round(cpu["cpu_s"] / (send_s + drain_s), 3),
+            # of one CPU while the generator was sending (the drain adds little CPU)
+            "cpu_share": round(cpu["cpu_s"] / generator["elapsed"], 3),
         }
         if name == "netwarden":
             step[name]["stats"] = text.strip().splitlines()[1:]
