@@ -978,7 +978,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument(
         "--rates",
-        default="100000,200000,300000,400000",
+        default="100000,200000,300000,400000,500000",
         help="offered packets per second, one step each (default %(default)s)",
     )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per step")
