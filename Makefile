@@ -31,7 +31,7 @@ $(STAMP_VENV): pyproject.toml $(STAMP_SYS)
 # reports why (netwarden doctor) - everything else still works
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): scripts/build-bpf.sh $(wildcard src/netwarden/bpf/*.c src/netwarden/bpf/*.h) $(STAMP_SYS)
-	bash scripts/build-bpf.sh build/bpf || echo "netwarden: eBPF objects not built (see above); the ebpf backend will be unavailable"
+	bash scripts/build-bpf.sh -o build/bpf || echo "netwarden: eBPF objects not built (see above); the ebpf backend will be unavailable"
 
 run: setup
 	$(VENV)/bin/netwarden run
