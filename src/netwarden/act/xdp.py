@@ -634,8 +634,9 @@ class XdpBlocker:
         return dict(zip(COUNTER_NAMES, totals, strict=True))
 
     def tracked(self, limit: int = 1024) -> list[XdpTracked]:
-        """Sources being counted by the threshold, with their live ports (at most ``limit``
-        entries, most recent first)."""
+        """Sources being counted by the threshold with two or more live ports (a source's
+        first port sits in a hashed table that is not listed); at most ``limit`` entries,
+        most recent first."""
         now, now_boot = self._clock(), _boot_ns()
         out: list[XdpTracked] = []
         for key in self._keys("nw_scan", _SCAN_KEY.size):
