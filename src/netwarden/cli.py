@@ -495,7 +495,7 @@ def _emit_loop(source: Any, printer: Printer, limit: int | None) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_sniff(args: argparse.Namespace) -> int:
-    from netwarden.capture.packets import SniffSource
+    from netwarden.capture.packets import SniffSource, tune_gc
 
     _check_backend(args)
     printer = _printer(args, sys.stdout, None)
@@ -508,6 +508,7 @@ def cmd_sniff(args: argparse.Namespace) -> int:
         buffer_kib=args.buffer_size,
     )
     _install_stop(src.stop)
+    tune_gc()
     sys.stderr.write(f"listening on {args.iface or 'all interfaces'}\n")
     sys.stderr.flush()
     try:

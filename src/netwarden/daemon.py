@@ -444,6 +444,9 @@ def _run(
                 except Exception:  # the outermost loop of this thread: log, keep going
                     log.exception("periodic work failed")
 
+        from netwarden.capture.packets import tune_gc
+
+        tune_gc()
         ticking = threading.Thread(target=ticker, name="nw-tick", daemon=True)
         ticking.start()
         where = f"listening on {cfg.iface}" if cfg.iface else "listening on all interfaces"
