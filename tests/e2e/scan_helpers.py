@@ -157,7 +157,7 @@ def udp_try(dst: str, port: int, src: str | None = None, timeout: float = 1.0) -
 def _csum(b: bytes) -> int:
     if len(b) % 2:
         b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s: int = sum(struct.unpack(f"!{len(b) // 2}H", b))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
     return ~s & 0xFFFF
@@ -304,7 +304,7 @@ class Daemon:
             sys.executable, "-m", "netwarden.cli", "run", "--backend", "sniff",
             "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}", "--json", *args,
         ]  # fmt: skip
-        self.proc = ns.popen(
+        self.proc: subprocess.Popen[str] = ns.popen(  # type: ignore[assignment]
             *self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
