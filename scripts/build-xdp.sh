@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build netwarden's XDP program (the blocking fast path) from src/netwarden/bpf/xdp_block.bpf.c.
 #
-# usage: scripts/build-xdp.sh [OUTDIR]        (default OUTDIR: build/bpf under the repository)
+# usage: scripts/build-xdp.sh [-o OUTDIR]     (default OUTDIR: build/bpf under the repository;
+#                                             a bare OUTDIR argument works too)
 #
 # Writes OUTDIR/xdp_block.bpf.o (and OUTDIR/vmlinux.h from this kernel's BTF when it is not
 # there yet). Needs clang, bpftool, libbpf-dev (bpf/bpf_helpers.h) and /sys/kernel/btf/vmlinux.
@@ -12,7 +13,13 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$here/src/netwarden/bpf/xdp_block.bpf.c"
-out="${1:-$here/build/bpf}"
+out="$here/build/bpf"
+if [ "${1:-}" = "-o" ]; then
+    [ $# -ge 2 ] || { echo "usage: $0 [-o OUTDIR]" >&2; exit 2; }
+    out="$2"
+elif [ $# -ge 1 ]; then
+    out="$1"
+fi
 btf="${NETWARDEN_BTF:-/sys/kernel/btf/vmlinux}"
 clang="${CLANG:-clang}"
 bpftool="${BPFTOOL:-bpftool}"
