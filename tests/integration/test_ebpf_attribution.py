@@ -18,208 +18,46 @@ import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from netwarden.events import Attribution, Direction, Event, EventType, Proto, Source
+from tests.integration.ebpf_helpers import (
+    ENV,
+    REPO,
+    Collector,
+    Nft,
+    Started,
+    build_object,
+    collecting,
+    comm_of,
+    netns_inode,
+    py,
+    starting,
+    wait_listening,
+    within,
+)
 from tests.integration.netns import Netns, VethPair
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parents[2]
-OBJ = REPO / "build" / "bpf" / "netwarden.bpf.o"
-BUILD = REPO / "scripts" / "build-bpf.sh"
-IS_ROOT = os.geteuid() == 0
-#: no proxy may reroute the test's curl
-ENV = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
 
-
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def bpf_object() -> Path:
-    """The built object; built here when missing or older than its sources."""
-    if not IS_ROOT:
-        pytest.skip("needs root (eBPF)")
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        pytest.skip("kernel without BTF")
-    bpf = REPO / "src" / "netwarden" / "bpf"
-    newest = max(p.stat().st_mtime for p in (bpf / "netwarden.bpf.c", bpf / "netwarden.h"))
-    if not OBJ.exists() or OBJ.stat().st_mtime < newest:
-        cp = subprocess.run(["bash", str(BUILD), "netwarden"], capture_output=True, text=True)
-        if cp.returncode == 3:
-            pytest.skip(f"cannot build the eBPF object: {cp.stderr.strip()}")
-        assert cp.returncode == 0, cp.stderr
-    return OBJ
-
-
-def netns_inode(ns: Netns) -> int:
-    return os.stat(f"/run/netns/{ns.name}").st_ino
-
-
-class Collector:
-    """An EbpfSource iterated in a thread; events are kept for the test to search."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        from netwarden.capture.ebpf import EbpfSource
-
-        kwargs.setdefault("poll_interval", 0.05)
-        self.src = EbpfSource(**kwargs)
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self.summary: dict[str, Any] = {}
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self.src:
-                with self._cond:
-                    self.events.append(ev)
-                    self._cond.notify_all()
-        except BaseException as exc:  # reported by wait_for / stop
-            self.error = exc
-            with self._cond:
-                self._cond.notify_all()
-
-    def matching(self, pred: Callable[[Event], bool]) -> list[Event]:
-        with self._cond:
-            return [e for e in self.events if pred(e)]
-
-    def wait_for(
-        self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 10.0
-    ) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if pred(e)]
-                if len(found) >= count:
-                    return found
-                if self.error is not None:
-                    raise AssertionError(f"source failed: {self.error!r}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"{len(found)} of {count} expected events within {timeout}s; "
-                        f"last events: {[e.to_dict() for e in self.events[-5:]]}"
-                    )
-                self._cond.wait(min(left, 0.1))
-
-    def stop(self) -> dict[str, Any]:
-        """Stop (open flows end), wait for the thread, close; the source's summary."""
-        if self._thread.is_alive():
-            self.src.stop()
-            self._thread.join(15)
-        self.summary = self.src.summary()
-        self.src.close()
-        if self.error is not None:
-            raise AssertionError(f"source failed: {self.error!r}")
-        return self.summary
+    return build_object()
 
 
 @pytest.fixture
 def collectors(bpf_object: Path) -> Iterator[Callable[..., Collector]]:
-    made: list[Collector] = []
-
-    def make(**kwargs: Any) -> Collector:
-        c = Collector(obj_path=bpf_object, **kwargs)
-        made.append(c)
-        return c
-
-    try:
+    with collecting(bpf_object) as make:
         yield make
-    finally:
-        for c in made:
-            try:
-                c.stop()
-            except AssertionError:
-                pass
-
-
-class Started:
-    """A process started in a namespace; its stdout lines are collected."""
-
-    def __init__(self, ns: Netns, cmd: tuple[str, ...]) -> None:
-        self.argv = cmd
-        self.popen = ns.popen(
-            *cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._cond = threading.Condition()
-        for stream, sink in ((self.popen.stdout, self.out), (self.popen.stderr, self.err)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    def _pump(self, stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            with self._cond:
-                sink.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def wait_line(self, text: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while text not in self.out:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.popen.poll() is not None:
-                    raise AssertionError(f"{self.argv}: no {text!r}; stderr {self.err[-5:]}")
-                self._cond.wait(min(left, 0.1))
-
-    def wait(self, timeout: float = 20.0) -> None:
-        rc = self.popen.wait(timeout)
-        time.sleep(0.05)  # let the pumps read the last lines
-        assert rc == 0, f"{self.argv} exited {rc}: {self.err[-5:]}"
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(5)
 
 
 @pytest.fixture
 def procs() -> Iterator[Callable[..., Started]]:
-    started: list[Started] = []
-
-    def start(ns: Netns, *cmd: str) -> Started:
-        p = Started(ns, cmd)
-        started.append(p)
-        return p
-
-    try:
+    with starting() as start:
         yield start
-    finally:
-        for p in reversed(started):
-            p.kill()
-
-
-def wait_listening(ns: Netns, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ns.run("ss", "-Hltn", f"sport = :{port}").stdout.strip():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"nothing listens on tcp/{port} in {ns.name}")
-        time.sleep(0.05)
-
-
-def py(ns: Netns, code: str, *args: str, timeout: float = 30) -> str:
-    return ns.run(sys.executable, "-c", code, *args, timeout=timeout).stdout
-
-
-def comm_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
-def flow_events(c: Collector, flow: str | None) -> list[Event]:
-    return c.matching(lambda e: e.flow == flow)
 
 
 # the one-shot UDP sender: one datagram, then exit (no close: the socket goes at exit)
@@ -290,6 +128,9 @@ def test_curl_to_http_server_attributed_both_ends(
     procs: Callable[..., Started],
     family: int,
 ) -> None:
+    nft = Nft(
+        veth.b, "inet", {"orig": ("output", "tcp dport 8080"), "resp": ("input", "tcp sport 8080")}
+    )
     cli = collectors(netns=netns_inode(veth.b))
     srv = collectors(netns=netns_inode(veth.a))
     # the server starts after the source: its listen() is seen
@@ -320,6 +161,10 @@ def test_curl_to_http_server_attributed_both_ends(
     assert end.orig_bytes >= end.orig_pkts * (hdr + 20) + len("GET / HTTP/1.1\r\n")
     assert end.resp_bytes > end.resp_pkts * (hdr + 20) + 200
     assert end.duration is not None and 0 <= end.duration < 10
+    # what the namespace's firewall counted (TCP: within 10%, GSO super-packets count once
+    # there, as their segments here)
+    (_, nft_orig), (_, nft_resp) = nft.read()["orig"], nft.read()["resp"]
+    assert within(end.orig_bytes, nft_orig) and within(end.resp_bytes, nft_resp)
 
     # the server's side: an accepted connection, owned by the listening process
     (inb,) = srv.wait_for(lambda e: e.event == EventType.NEW and e.sport == new.sport)
@@ -408,6 +253,7 @@ def test_thousand_one_shot_udp_senders_each_attributed(
     sender, name = _sender(tmp_path)
     sink = procs(veth.a, sys.executable, "-c", UDP_SINK_PY, "9999")
     sink.wait_line("ready")
+    nft = Nft(veth.b, "inet", {"orig": ("output", "udp dport 9999")})
     cli = collectors(netns=netns_inode(veth.b))
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER_PY)
@@ -432,6 +278,7 @@ def test_thousand_one_shot_udp_senders_each_attributed(
     assert {e.flow for e in ends} == new_flows and len(new_flows) == n
     for e in ends:
         assert e.orig_pkts == 1 and e.resp_pkts == 0 and e.pid in by_pid
+    assert nft.read()["orig"] == (n, sum(e.orig_bytes for e in ends))
     summary = cli.stop()
     assert summary["events_lost"] == 0
     print(f"{n} one-shot senders in {elapsed:.1f}s; hooks {summary['hooks']}")
@@ -442,6 +289,9 @@ def test_dig_is_named_after_its_main_thread(
 ) -> None:
     if shutil.which("dig") is None:
         pytest.skip("dig (dnsutils) is not installed")
+    nft = Nft(
+        veth.b, "inet", {"orig": ("output", "udp dport 53"), "resp": ("input", "udp sport 53")}
+    )
     srv = collectors(netns=netns_inode(veth.a))
     cli = collectors(netns=netns_inode(veth.b))
     dns = procs(veth.a, sys.executable, "-c", DNS_PY, "53")
@@ -458,6 +308,7 @@ def test_dig_is_named_after_its_main_thread(
     assert qend.orig_pkts == 1 and qend.resp_pkts == 1
     qlen, alen = (int(x) for x in dns.out[1].split())
     assert (qend.orig_bytes, qend.resp_bytes) == (28 + qlen, 28 + alen)
+    assert nft.read() == {"orig": (1, qend.orig_bytes), "resp": (1, qend.resp_bytes)}
 
     # the responder's side: an inbound UDP flow owned by the process that bound port 53
     (a,) = srv.wait_for(lambda e: e.event == EventType.NEW and e.dport == 53)
@@ -539,6 +390,17 @@ c.close()
 def test_loopback_flows_are_one_local_record(
     ns: Netns, collectors: Callable[..., Collector], procs: Callable[..., Started]
 ) -> None:
+    # on loopback both directions leave through the output hook
+    nft = Nft(
+        ns,
+        "inet",
+        {
+            "orig": ("output", "tcp dport 8081"),
+            "resp": ("output", "tcp sport 8081"),
+            "uorig": ("output", "udp dport 9053"),
+            "uresp": ("output", "udp sport 9053"),
+        },
+    )
     c = collectors(netns=netns_inode(ns))
     server = procs(ns, sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "8081")
     wait_listening(ns, 8081)
@@ -565,6 +427,11 @@ def test_loopback_flows_are_one_local_record(
     assert tcp_end.resp_bytes > 200
     assert (udp[1].orig_pkts, udp[1].resp_pkts) == (1, 1)
     assert (udp[1].orig_bytes, udp[1].resp_bytes) == (40 + 8 + 4, 40 + 8 + 5)
+    counted = nft.read()
+    assert within(tcp[1].orig_bytes, counted["orig"][1])
+    assert within(tcp[1].resp_bytes, counted["resp"][1])
+    assert (udp[1].orig_pkts, udp[1].orig_bytes) == counted["uorig"]
+    assert (udp[1].resp_pkts, udp[1].resp_bytes) == counted["uresp"]
     assert server.popen.poll() is None and echo.popen.poll() is None
     assert not c.matching(lambda e: e.pid in (server.pid, echo.pid))
 
@@ -652,8 +519,8 @@ def test_object_layout_matches_decoder(bpf_object: Path) -> None:
         [bpftool, "btf", "dump", "file", str(bpf_object)], capture_output=True, text=True
     ).stdout
     sizes = dict(re.findall(r"STRUCT '(nw_\w+)' size=(\d+)", out))
-    assert int(sizes["nw_udp_key"]) == R.UDP_KEY_SIZE
-    assert int(sizes["nw_udp_flow"]) == R.UDP_FLOW_SIZE
+    assert int(sizes["nw_flow_key"]) == R.FLOW_KEY_SIZE
+    assert int(sizes["nw_flow"]) == R.FLOW_SIZE
 
 
 ECHO4_PY = """

@@ -11,10 +11,15 @@
  *  cgroup/connect4/6,   UDP: remember the process using the socket (process context; the
  *  cgroup/sendmsg4/6,   packet hooks below may run elsewhere and must not trust `current`).
  *  cgroup/post_bind4/6
+ *  cgroup/sock_create   raw IP and ICMP (ping) sockets: remember their creator.
  *  cgroup_skb/egress,   per-socket IP-layer bytes and packets (a GSO packet counts as its
- *  cgroup_skb/ingress   segments); UDP flows are created here, one per (socket, remote).
+ *  cgroup_skb/ingress   segments); datagram flows (UDP, raw, ICMP) are created here, one per
+ *                       (socket, remote[, echo id]).
  *  tp_btf/inet_sock_set_state  a TCP socket closed: `end` with the final counters.
- *  cgroup/sock_release  a UDP socket released: user space ends its flows.
+ *  cgroup/sock_release  a datagram socket released: its flows end.
+ *  tp_btf/net_dev_queue      packet (AF_PACKET) sockets bypass the IP stack and the cgroup
+ *  tp_btf/netif_receive_skb  hooks: their IP packets are seen as a device queues them (in the
+ *                       sender's context) and the replies as a device receives them.
  *  tp_btf/tcp_send_reset, tp_btf/kfree_skb  inbound TCP SYN / UDP datagram to a closed port.
  *  iter/bpf_sk_storage_map  the TCP flows still open (at stop, or for a snapshot).
  *
@@ -31,7 +36,14 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_PACKET 17
+#define IPPROTO_ICMPV6 58
 #define IFF_LOOPBACK 0x8
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 
@@ -45,6 +57,11 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* set by user space before loading: the namespace to watch (0: all) */
 const volatile __u32 nw_netns = 0;
+
+/* when a packet socket last sent an IP packet (ns): replies are looked for only for a while
+ * after, so that hosts without such senders pay one comparison per received packet */
+__u64 nw_pkt_last = 0;
+#define NW_PKT_WINDOW (120ULL * 1000000000ULL)
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
@@ -82,8 +99,9 @@ struct nw_sock {
 	__u8 has_owner;
 	__u8 flags;
 	__u8 af;
-	__u8 _pad[3];
-	__u32 nflows; /* UDP: flows made on this socket (the first one's key is above) */
+	__u8 proto; /* datagram sockets: the first flow's IP protocol */
+	__u8 _pad[2];
+	__u32 nflows; /* datagram sockets: flows made on it (the first one's key is above) */
 };
 #define NW_SK_NONE 0
 #define NW_SK_OPEN 1  /* a TCP flow is being counted and will be ended */
@@ -99,9 +117,27 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct nw_udp_key);
-	__type(value, struct nw_udp_flow);
-} nw_udp SEC(".maps");
+	__type(key, struct nw_flow_key);
+	__type(value, struct nw_flow);
+} nw_flows SEC(".maps");
+
+/* packet sockets' flows by their tuple seen from the local end: the flow's key (to count
+ * the replies, which reach no socket of the flow) */
+struct nw_tuple_key {
+	__u32 netns;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u8 proto;
+	__u8 _pad[7];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct nw_tuple_key);
+	__type(value, struct nw_flow_key);
+} nw_pkt_tuples SEC(".maps");
 
 /* listening TCP sockets: whose they are */
 struct nw_listen_key {
@@ -663,18 +699,72 @@ int nw_bind6(struct bpf_sock *ctx)
 	return note_bind(ctx, NW_H_BIND6);
 }
 
-/* A UDP socket goes: its first flow ends here (most sockets have only one); when it had
- * more, user space is told to end the others (it knows them from their `new` records). */
+/* raw IP and ICMP (ping) sockets: their creator (process context) */
+static __always_inline int is_raw_or_ping(__u32 type, __u32 protocol)
+{
+	return type == SOCK_RAW ||
+	       (type == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6));
+}
+
+SEC("cgroup/sock_create")
+int nw_sock_create(struct bpf_sock *ctx)
+{
+	struct nw_sock *s;
+	__u32 netns;
+
+	if (!is_raw_or_ping(ctx->type, ctx->protocol))
+		return 1;
+	netns = sk_netns(bpf_cast_to_kern_ctx(ctx));
+	if (!netns_wanted(netns))
+		return 1;
+	stat_add(NW_H_SOCK_CREATE, NW_S_CALLS);
+	s = bpf_sk_storage_get(&nw_socks, ctx, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(NW_H_SOCK_CREATE, NW_S_ERRORS);
+		return 1;
+	}
+	fill_ident(&s->owner);
+	s->has_owner = 1;
+	s->netns = netns;
+	return 1;
+}
+
+/* ------------------------------------------------------------------ datagram flows */
+
+/* A datagram flow's record (a `new`, or an `end` at the socket's release). */
+static __always_inline void fill_flow(struct nw_record *r, __u8 type, const struct nw_flow_key *key,
+				      const struct nw_flow *f, __u8 af, __u32 netns,
+				      const __u8 *laddr, __u16 lport)
+{
+	r->type = type;
+	r->proto = key->proto;
+	r->af = af;
+	r->dir = f->dir;
+	r->flags = f->flags;
+	r->netns = netns;
+	r->cookie = key->cookie;
+	r->flow = f->flow;
+	__builtin_memcpy(r->laddr, laddr, 16);
+	__builtin_memcpy(r->raddr, key->raddr, 16);
+	r->lport = lport;
+	r->rport = key->rport;
+	r->id = f->who;
+	r->c = f->c;
+}
+
+/* A datagram socket (UDP, raw, ICMP) goes: its first flow ends here (most sockets have only
+ * one); when it had more, user space is told to end the others (it knows them from their
+ * `new` records). */
 SEC("cgroup/sock_release")
 int nw_release(struct bpf_sock *ctx)
 {
-	struct nw_udp_key key;
-	struct nw_udp_flow *f;
+	struct nw_flow_key key;
+	struct nw_flow *f;
 	struct nw_sock *s;
 	struct nw_record *r;
 	__u64 cookie;
 
-	if (ctx->protocol != IPPROTO_UDP)
+	if (ctx->type == SOCK_STREAM)
 		return 1;
 	s = bpf_sk_storage_get(&nw_socks, ctx, 0, 0);
 	if (!s || !s->nflows || !netns_wanted(s->netns))
@@ -685,27 +775,15 @@ int nw_release(struct bpf_sock *ctx)
 	key.cookie = cookie;
 	__builtin_memcpy(key.raddr, s->raddr, 16);
 	key.rport = s->rport;
-	f = bpf_map_lookup_elem(&nw_udp, &key);
+	key.proto = s->proto;
+	f = bpf_map_lookup_elem(&nw_flows, &key);
 	if (f) {
 		r = reserve(NW_H_RELEASE);
 		if (r) {
-			r->type = NW_REC_END;
-			r->proto = IPPROTO_UDP;
-			r->af = s->af;
-			r->dir = f->dir;
-			r->flags = f->flags;
-			r->netns = s->netns;
-			r->cookie = cookie;
-			r->flow = f->flow;
-			__builtin_memcpy(r->laddr, s->laddr, 16);
-			__builtin_memcpy(r->raddr, s->raddr, 16);
-			r->lport = s->lport;
-			r->rport = s->rport;
-			r->id = f->who;
-			r->c = f->c;
+			fill_flow(r, NW_REC_END, &key, f, s->af, s->netns, s->laddr, s->lport);
 			submit(r, NW_H_RELEASE);
 		}
-		if (f->dir == NW_DIR_LOCAL) {
+		if (f->dir == NW_DIR_LOCAL && key.proto == IPPROTO_UDP) {
 			struct nw_hs_key lt;
 
 			__builtin_memset(&lt, 0, sizeof(lt));
@@ -716,7 +794,7 @@ int nw_release(struct bpf_sock *ctx)
 			lt.rport = s->rport;
 			bpf_map_delete_elem(&nw_local_udp, &lt);
 		}
-		bpf_map_delete_elem(&nw_udp, &key);
+		bpf_map_delete_elem(&nw_flows, &key);
 	}
 	if (s->nflows < 2)
 		return 1;
@@ -724,7 +802,7 @@ int nw_release(struct bpf_sock *ctx)
 	if (!r)
 		return 1;
 	r->type = NW_REC_RELEASE;
-	r->proto = IPPROTO_UDP;
+	r->proto = s->proto;
 	r->af = ctx->family;
 	r->netns = s->netns;
 	r->cookie = cookie;
@@ -734,29 +812,75 @@ int nw_release(struct bpf_sock *ctx)
 
 /* ------------------------------------------------------------------ packets */
 
+#define NW_ECHO_REQUEST 1
+#define NW_ECHO_REPLY 2
+
 struct nw_pkt {
 	__u8 saddr[16];
 	__u8 daddr[16];
-	__u16 sport;
+	__u16 sport; /* ports; ICMP: the echo identifier of an echo, else the message type */
 	__u16 dport;
 	__u32 hdrlen; /* IP + transport header */
 	__u8 proto;
 	__u8 tcpflags;
-	__u8 ok;
+	__u8 echo; /* NW_ECHO_* for an ICMP echo request or reply */
+	__u8 af;
 };
 
-/* Parse the IP and TCP/UDP headers of a packet at the cgroup hooks (data = IP header). */
+static __always_inline int has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE ||
+	       proto == IPPROTO_SCTP;
+}
+
+/* How many bytes of the transport header parse_l4 wants: 14 for TCP (flags, header
+ * length), 8 for the others it knows, 0 for protocols it leaves alone. */
+static __always_inline __u32 l4_want(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return 14;
+	if (has_ports(proto) || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+		return 8;
+	return 0;
+}
+
+/* The transport header's start `t` (l4_want bytes) at offset `thoff`: ports, or ICMP's echo
+ * identifier or message type. */
+static __always_inline void parse_l4(struct nw_pkt *p, const __u8 *t, __u32 thoff)
+{
+	if (has_ports(p->proto)) {
+		p->sport = ((__u16)t[0] << 8) | t[1];
+		p->dport = ((__u16)t[2] << 8) | t[3];
+		p->hdrlen = thoff + 8;
+		if (p->proto == IPPROTO_TCP) {
+			p->hdrlen = thoff + (t[12] >> 4) * 4;
+			p->tcpflags = t[13];
+		}
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		__u8 req = p->proto == IPPROTO_ICMP ? 8 : 128;
+		__u8 rep = p->proto == IPPROTO_ICMP ? 0 : 129;
+
+		p->hdrlen = thoff + 8;
+		if (t[0] == req || t[0] == rep) {
+			p->echo = t[0] == req ? NW_ECHO_REQUEST : NW_ECHO_REPLY;
+			p->sport = ((__u16)t[4] << 8) | t[5];
+		} else {
+			p->sport = t[0];
+		}
+		p->dport = p->sport;
+	}
+}
+
+/* Parse the IP and transport headers of a packet at the cgroup hooks (data = IP header). */
 static __always_inline int parse_skb(struct __sk_buff *skb, struct sk_buff *kskb,
 				     struct nw_pkt *p)
 {
 	__u8 vihl;
-	__u32 thoff;
-	__u16 ports[2];
+	__u32 thoff, want;
+	__u8 t[14];
 
 	if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
 		return -1;
-	thoff = (__u32)BPF_CORE_READ(kskb, transport_header) -
-		(__u32)BPF_CORE_READ(kskb, network_header);
 	if (vihl >> 4 == 4) {
 		struct iphdr ip;
 
@@ -766,6 +890,7 @@ static __always_inline int parse_skb(struct __sk_buff *skb, struct sk_buff *kskb
 		set_v4(p->saddr, ip.saddr);
 		set_v4(p->daddr, ip.daddr);
 		thoff = ip.ihl * 4;
+		p->af = AF_INET;
 	} else if (vihl >> 4 == 6) {
 		struct ipv6hdr ip6;
 
@@ -774,24 +899,73 @@ static __always_inline int parse_skb(struct __sk_buff *skb, struct sk_buff *kskb
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 		p->proto = ip6.nexthdr;
+		thoff = (__u32)BPF_CORE_READ(kskb, transport_header) -
+			(__u32)BPF_CORE_READ(kskb, network_header);
 		if (thoff < 40 || thoff > 512)
 			thoff = 40;
+		p->af = AF_INET6;
 	} else {
 		return -1;
 	}
-	if (bpf_skb_load_bytes(skb, thoff, ports, 4))
-		return -1;
-	p->sport = bpf_ntohs(ports[0]);
-	p->dport = bpf_ntohs(ports[1]);
-	p->hdrlen = thoff + 8;
-	if (p->proto == IPPROTO_TCP) {
-		__u8 b[2];
-
-		if (bpf_skb_load_bytes(skb, thoff + 12, b, 2))
+	p->hdrlen = thoff;
+	want = l4_want(p->proto);
+	if (want == 14) {
+		if (bpf_skb_load_bytes(skb, thoff, t, 14))
 			return -1;
-		p->hdrlen = thoff + (b[0] >> 4) * 4;
-		p->tcpflags = b[1];
+	} else if (want == 8) {
+		if (bpf_skb_load_bytes(skb, thoff, t, 8))
+			return -1;
+	} else {
+		return 0;
 	}
+	parse_l4(p, t, thoff);
+	return 0;
+}
+
+/* The same from kernel memory (tracing programs): `ip` points at the IP header. */
+static __always_inline int parse_ptr(const unsigned char *ip, struct nw_pkt *p)
+{
+	__u8 vihl;
+	__u32 thoff, want;
+	__u8 t[14];
+
+	if (bpf_probe_read_kernel(&vihl, 1, ip))
+		return -1;
+	if (vihl >> 4 == 4) {
+		struct iphdr h;
+
+		if (bpf_probe_read_kernel(&h, sizeof(h), ip))
+			return -1;
+		p->proto = h.protocol;
+		set_v4(p->saddr, h.saddr);
+		set_v4(p->daddr, h.daddr);
+		thoff = h.ihl * 4;
+		p->af = AF_INET;
+	} else if (vihl >> 4 == 6) {
+		struct ipv6hdr h6;
+
+		if (bpf_probe_read_kernel(&h6, sizeof(h6), ip))
+			return -1;
+		__builtin_memcpy(p->saddr, &h6.saddr, 16);
+		__builtin_memcpy(p->daddr, &h6.daddr, 16);
+		p->proto = h6.nexthdr;
+		thoff = 40;
+		p->af = AF_INET6;
+	} else {
+		return -1;
+	}
+	p->hdrlen = thoff;
+	want = l4_want(p->proto);
+	if (want == 14) {
+		if (bpf_probe_read_kernel(t, 14, ip + thoff))
+			return -1;
+	} else if (want == 8) {
+		if (bpf_probe_read_kernel(t, 8, ip + thoff))
+			return -1;
+	} else {
+		return 0;
+	}
+	parse_l4(p, t, thoff);
 	return 0;
 }
 
@@ -848,16 +1022,55 @@ static __always_inline void handshake(struct __sk_buff *skb, struct sk_buff *ksk
 	}
 }
 
+/* Put a new flow in the table and report it; 0 when it is in (or another CPU made it first:
+ * counted there), -1 on failure. The socket's storage `s`, when given, remembers the
+ * socket's first flow (its release ends it). */
+static __always_inline int add_flow(struct nw_flow_key *key, struct nw_flow *nf,
+				    struct nw_sock *s, const struct nw_pkt *p, __u32 netns,
+				    int egress, __u64 len, __u32 segs, __u32 hook)
+{
+	struct nw_flow *f;
+	struct nw_record *r;
+	const __u8 *laddr = egress ? p->saddr : p->daddr;
+	__u16 lport = egress ? p->sport : p->dport;
+
+	nf->flow = next_flow();
+	if (bpf_map_update_elem(&nw_flows, key, nf, BPF_NOEXIST)) {
+		f = bpf_map_lookup_elem(&nw_flows, key);
+		if (!f)
+			return -1;
+		count(&f->c, egress, len, segs, p->hdrlen, nf->c.last_ns);
+		return 0;
+	}
+	if (s && __sync_fetch_and_add(&s->nflows, 1) == 0) {
+		s->af = p->af;
+		s->proto = key->proto;
+		__builtin_memcpy(s->raddr, key->raddr, 16);
+		__builtin_memcpy(s->laddr, laddr, 16);
+		s->rport = key->rport;
+		s->lport = lport;
+	}
+	r = reserve(hook);
+	if (!r)
+		return 0;
+	fill_flow(r, NW_REC_NEW, key, nf, p->af, netns, laddr, lport);
+	submit(r, hook);
+	return 0;
+}
+
 static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *kskb,
 				       struct bpf_sock *bsk, const struct sock *sk, __u32 netns,
 				       int egress, __u32 hook)
 {
-	struct nw_udp_key key;
-	struct nw_udp_flow *f;
+	struct nw_flow_key key;
+	struct nw_flow *f;
+	struct nw_flow nf;
 	struct nw_sock *s;
 	struct nw_pkt p;
-	struct nw_record *r;
+	struct nw_hs_key lt;
+	unsigned int devflags;
 	__u64 now = bpf_ktime_get_ns();
+	int lo;
 
 	__builtin_memset(&p, 0, sizeof(p));
 	if (parse_skb(skb, kskb, &p) || p.proto != IPPROTO_UDP)
@@ -866,112 +1079,116 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct sk_buff *ks
 	key.cookie = bpf_get_socket_cookie(skb);
 	__builtin_memcpy(key.raddr, egress ? p.daddr : p.saddr, 16);
 	key.rport = egress ? p.dport : p.sport;
-	f = bpf_map_lookup_elem(&nw_udp, &key);
-	if (!f) {
-		struct nw_udp_flow nf;
-		struct nw_hs_key lt;
-		unsigned int devflags = BPF_CORE_READ(kskb, dev, flags);
-		int lo = (devflags & IFF_LOOPBACK) != 0;
-
-		if (lo) {
-			/* the responder's side of a flow whose initiator is in this namespace? */
-			__u64 *ic;
-
-			__builtin_memset(&lt, 0, sizeof(lt));
-			lt.netns = netns;
-			__builtin_memcpy(lt.laddr, egress ? p.daddr : p.saddr, 16);
-			__builtin_memcpy(lt.raddr, egress ? p.saddr : p.daddr, 16);
-			lt.lport = egress ? p.dport : p.sport;
-			lt.rport = egress ? p.sport : p.dport;
-			ic = bpf_map_lookup_elem(&nw_local_udp, &lt);
-			if (ic) {
-				struct nw_udp_key ik;
-
-				__builtin_memset(&ik, 0, sizeof(ik));
-				ik.cookie = *ic;
-				__builtin_memcpy(ik.raddr, lt.raddr, 16);
-				ik.rport = lt.rport;
-				if (bpf_map_lookup_elem(&nw_udp, &ik))
-					return;
-			}
-		}
-		__builtin_memset(&nf, 0, sizeof(nf));
-		s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!s) {
-			stat_add(hook, NW_S_ERRORS);
-			return;
-		}
-		if (s->has_owner) {
-			nf.who = s->owner;
-		} else if (egress) {
-			/* a UDP send runs in the sender's context */
-			fill_ident(&nf.who);
-		} else {
-			fill_uid_only(&nf.who, sk);
-			nf.flags = NW_F_NO_OWNER;
-		}
-		s->netns = netns;
-		if (lo)
-			nf.dir = egress ? NW_DIR_LOCAL : NW_DIR_IN;
-		else
-			nf.dir = egress ? NW_DIR_OUT : NW_DIR_IN;
-		if (!egress && lo)
-			nf.flags |= NW_F_HIDDEN; /* from a local socket we do not know: not reported */
-		nf.c.first_ns = now;
-		nf.flow = next_flow();
-		count(&nf.c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
-		if (bpf_map_update_elem(&nw_udp, &key, &nf, BPF_NOEXIST)) {
-			/* another CPU made it first: count there */
-			f = bpf_map_lookup_elem(&nw_udp, &key);
-			if (f)
-				count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
-			return;
-		}
-		if (egress && lo) {
-			__builtin_memset(&lt, 0, sizeof(lt));
-			lt.netns = netns;
-			__builtin_memcpy(lt.laddr, p.saddr, 16);
-			__builtin_memcpy(lt.raddr, p.daddr, 16);
-			lt.lport = p.sport;
-			lt.rport = p.dport;
-			bpf_map_update_elem(&nw_local_udp, &lt, &key.cookie, BPF_ANY);
-		}
-		if (__sync_fetch_and_add(&s->nflows, 1) == 0) {
-			/* the socket's first flow: its release ends it in the kernel */
-			s->af = bsk->family;
-			__builtin_memcpy(s->raddr, key.raddr, 16);
-			__builtin_memcpy(s->laddr, egress ? p.saddr : p.daddr, 16);
-			s->rport = key.rport;
-			s->lport = egress ? p.sport : p.dport;
-		}
-		r = reserve(hook);
-		if (!r)
-			return;
-		r->type = NW_REC_NEW;
-		r->proto = IPPROTO_UDP;
-		r->af = bsk->family;
-		r->dir = nf.dir;
-		r->flags = nf.flags;
-		r->netns = netns;
-		r->cookie = key.cookie;
-		r->flow = nf.flow;
-		if (egress) {
-			__builtin_memcpy(r->laddr, p.saddr, 16);
-			__builtin_memcpy(r->raddr, p.daddr, 16);
-			r->lport = p.sport;
-			r->rport = p.dport;
-		} else {
-			__builtin_memcpy(r->laddr, p.daddr, 16);
-			__builtin_memcpy(r->raddr, p.saddr, 16);
-			r->lport = p.dport;
-			r->rport = p.sport;
-		}
-		r->id = nf.who;
-		r->c = nf.c;
-		submit(r, hook);
+	key.proto = IPPROTO_UDP;
+	f = bpf_map_lookup_elem(&nw_flows, &key);
+	if (f) {
+		count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
 		return;
 	}
-	count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+	devflags = BPF_CORE_READ(kskb, dev, flags);
+	lo = (devflags & IFF_LOOPBACK) != 0;
+	if (lo) {
+		/* the responder's side of a flow whose initiator is in this namespace? */
+		__u64 *ic;
+
+		__builtin_memset(&lt, 0, sizeof(lt));
+		lt.netns = netns;
+		__builtin_memcpy(lt.laddr, egress ? p.daddr : p.saddr, 16);
+		__builtin_memcpy(lt.raddr, egress ? p.saddr : p.daddr, 16);
+		lt.lport = egress ? p.dport : p.sport;
+		lt.rport = egress ? p.sport : p.dport;
+		ic = bpf_map_lookup_elem(&nw_local_udp, &lt);
+		if (ic) {
+			struct nw_flow_key ik;
+
+			__builtin_memset(&ik, 0, sizeof(ik));
+			ik.cookie = *ic;
+			__builtin_memcpy(ik.raddr, lt.raddr, 16);
+			ik.rport = lt.rport;
+			ik.proto = IPPROTO_UDP;
+			if (bpf_map_lookup_elem(&nw_flows, &ik))
+				return;
+		}
+	}
+	__builtin_memset(&nf, 0, sizeof(nf));
+	s = bpf_sk_storage_get(&nw_socks, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		stat_add(hook, NW_S_ERRORS);
+		return;
+	}
+	if (s->has_owner) {
+		nf.who = s->owner;
+	} else if (egress) {
+		/* a UDP send runs in the sender's context */
+		fill_ident(&nf.who);
+	} else {
+		fill_uid_only(&nf.who, sk);
+		nf.flags = NW_F_NO_OWNER;
+	}
+	s->netns = netns;
+	if (lo)
+		nf.dir = egress ? NW_DIR_LOCAL : NW_DIR_IN;
+	else
+		nf.dir = egress ? NW_DIR_OUT : NW_DIR_IN;
+	if (!egress && lo)
+		nf.flags |= NW_F_HIDDEN; /* from a local socket we do not know: not reported */
+	nf.c.first_ns = now;
+	count(&nf.c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+	if (add_flow(&key, &nf, s, &p, netns, egress, skb->len, skb_segs(skb), hook))
+		return;
+	if (egress && lo) {
+		__builtin_memset(&lt, 0, sizeof(lt));
+		lt.netns = netns;
+		__builtin_memcpy(lt.laddr, p.saddr, 16);
+		__builtin_memcpy(lt.raddr, p.daddr, 16);
+		lt.lport = p.sport;
+		lt.rport = p.dport;
+		bpf_map_update_elem(&nw_local_udp, &lt, &key.cookie, BPF_ANY);
+	}
+}
+
+/* A raw IP or ICMP (ping) socket's packet. Such a socket receives a copy of every packet of
+ * its protocol: flows start at a send only, and a received packet counts toward the flow
+ * of this socket with that remote (and echo identifier); an echo flow counts replies only.
+ * Sockets without an owner are the kernel's own (ICMP replies, resets): not flows. */
+static __always_inline void raw_packet(struct __sk_buff *skb, struct sk_buff *kskb,
+				       struct bpf_sock *bsk, __u32 netns, int egress, __u32 hook)
+{
+	struct nw_flow_key key;
+	struct nw_flow *f;
+	struct nw_flow nf;
+	struct nw_sock *s;
+	struct nw_pkt p;
+	__u64 now;
+
+	s = bpf_sk_storage_get(&nw_socks, bsk, 0, 0);
+	if (!s || !s->has_owner)
+		return;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_skb(skb, kskb, &p))
+		return;
+	now = bpf_ktime_get_ns();
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(key.raddr, egress ? p.daddr : p.saddr, 16);
+	key.rport = egress ? p.dport : p.sport;
+	key.proto = p.proto;
+	f = bpf_map_lookup_elem(&nw_flows, &key);
+	if (f) {
+		if (!egress && (f->flags & NW_F_ECHO) && p.echo != NW_ECHO_REPLY)
+			return;
+		count(&f->c, egress, skb->len, skb_segs(skb), p.hdrlen, now);
+		return;
+	}
+	if (!egress)
+		return;
+	__builtin_memset(&nf, 0, sizeof(nf));
+	nf.who = s->owner;
+	nf.dir = (BPF_CORE_READ(kskb, dev, flags) & IFF_LOOPBACK) ? NW_DIR_LOCAL : NW_DIR_OUT;
+	nf.flags = NW_F_RAW | (p.echo == NW_ECHO_REQUEST ? NW_F_ECHO : 0);
+	nf.c.first_ns = now;
+	count(&nf.c, 1, skb->len, skb_segs(skb), p.hdrlen, now);
+	add_flow(&key, &nf, s, &p, netns, 1, skb->len, skb_segs(skb), hook);
 }
 
 static __always_inline int on_packet(struct __sk_buff *skb, int egress)
@@ -997,7 +1214,9 @@ static __always_inline int on_packet(struct __sk_buff *skb, int egress)
 	bsk = bpf_sk_fullsock(bsk);
 	if (!bsk)
 		return 1;
-	if (proto == IPPROTO_TCP) {
+	if (is_raw_or_ping(bsk->type, proto)) {
+		raw_packet(skb, kskb, bsk, netns, egress, hook);
+	} else if (proto == IPPROTO_TCP) {
 		__u32 hdrlen;
 
 		if (bsk->state == BPF_TCP_LISTEN) {
@@ -1034,6 +1253,186 @@ SEC("cgroup_skb/ingress")
 int nw_ingress(struct __sk_buff *skb)
 {
 	return on_packet(skb, 0);
+}
+
+/* ------------------------------------------------------------------ packet sockets */
+
+/* A GSO packet's segment count from a kernel sk_buff (1 for others). */
+static __always_inline __u32 kskb_segs(const struct sk_buff *skb)
+{
+	struct skb_shared_info *sh;
+	__u16 segs;
+
+	sh = (struct skb_shared_info *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
+	segs = BPF_CORE_READ(sh, gso_segs);
+	return segs ? segs : 1;
+}
+
+/* A packet socket's identity in place of its cookie (the cookie helper does not take the
+ * socket of a traced sk_buff): its inode number (as in /proc/PID/fd), with the top bit set
+ * so that it never equals a cookie. */
+static __always_inline __u64 packet_sock_id(const struct sock *sk)
+{
+	struct socket_alloc *sa = (struct socket_alloc *)BPF_CORE_READ(sk, sk_socket);
+
+	if (!sa)
+		return 1ULL << 63;
+	return (1ULL << 63) | BPF_CORE_READ(sa, vfs_inode.i_ino);
+}
+
+/* An IP packet a packet socket sends, as a device queues it: the sender's process is
+ * running (packet sockets transmit in the sending call). */
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(nw_dev_queue, struct sk_buff *skb)
+{
+	struct sock *sk = skb->sk;
+	struct net_device *dev;
+	unsigned char *data;
+	struct nw_flow_key key;
+	struct nw_tuple_key tk;
+	struct nw_flow *f;
+	struct nw_flow nf;
+	struct nw_pkt p;
+	__u32 netns, l2, len, segs;
+	__u16 etype;
+	__u64 now;
+
+	if (!sk || sk->__sk_common.skc_family != AF_PACKET)
+		return 0;
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 0;
+	stat_add(NW_H_DEV_QUEUE, NW_S_CALLS);
+	dev = skb->dev;
+	if (!dev)
+		return 0;
+	data = skb->data;
+	len = skb->len;
+	/* the link-layer header the packet starts with */
+	if (dev->hard_header_len == ETH_HLEN) {
+		l2 = ETH_HLEN;
+		if (bpf_probe_read_kernel(&etype, 2, data + 12))
+			return 0;
+		if (etype == bpf_htons(ETH_P_8021Q) || etype == bpf_htons(ETH_P_8021AD)) {
+			l2 += 4;
+			if (bpf_probe_read_kernel(&etype, 2, data + 16))
+				return 0;
+		}
+	} else if (dev->hard_header_len == 0) {
+		l2 = 0;
+		etype = skb->protocol;
+	} else {
+		return 0;
+	}
+	if ((etype != bpf_htons(ETH_P_IP) && etype != bpf_htons(ETH_P_IPV6)) || len <= l2)
+		return 0;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_ptr(data + l2, &p))
+		return 0;
+	now = bpf_ktime_get_ns();
+	nw_pkt_last = now;
+	len -= l2;
+	segs = kskb_segs(skb);
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = packet_sock_id(sk);
+	__builtin_memcpy(key.raddr, p.daddr, 16);
+	key.rport = p.dport;
+	key.proto = p.proto;
+	f = bpf_map_lookup_elem(&nw_flows, &key);
+	if (f) {
+		count(&f->c, 1, len, segs, p.hdrlen, now);
+		return 0;
+	}
+	__builtin_memset(&nf, 0, sizeof(nf));
+	fill_ident(&nf.who);
+	nf.dir = (dev->flags & IFF_LOOPBACK) ? NW_DIR_LOCAL : NW_DIR_OUT;
+	nf.flags = NW_F_PACKET | (p.echo == NW_ECHO_REQUEST ? NW_F_ECHO : 0);
+	nf.c.first_ns = now;
+	count(&nf.c, 1, len, segs, p.hdrlen, now);
+	if (add_flow(&key, &nf, 0, &p, netns, 1, len, segs, NW_H_DEV_QUEUE))
+		return 0;
+	__builtin_memset(&tk, 0, sizeof(tk));
+	tk.netns = netns;
+	__builtin_memcpy(tk.laddr, p.saddr, 16);
+	__builtin_memcpy(tk.raddr, p.daddr, 16);
+	tk.lport = p.sport;
+	tk.rport = p.dport;
+	tk.proto = p.proto;
+	if (bpf_map_update_elem(&nw_pkt_tuples, &tk, &key, BPF_ANY))
+		stat_add(NW_H_DEV_QUEUE, NW_S_ERRORS);
+	return 0;
+}
+
+/* A received IP packet that answers a packet socket's flow (it reaches no socket of the
+ * flow: the IP stack takes it, or drops it). Looked for only while such senders are active. */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(nw_dev_recv, struct sk_buff *skb)
+{
+	struct nw_flow_key *key;
+	struct nw_tuple_key tk;
+	struct net_device *dev;
+	struct nw_flow *f;
+	struct nw_pkt p;
+	__u64 last = nw_pkt_last, now;
+	__u16 etype;
+	__u32 netns;
+
+	if (!last)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - last > NW_PKT_WINDOW)
+		return 0;
+	etype = skb->protocol;
+	if (etype != bpf_htons(ETH_P_IP) && etype != bpf_htons(ETH_P_IPV6))
+		return 0;
+	dev = skb->dev;
+	if (!dev)
+		return 0;
+	netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	if (!netns_wanted(netns))
+		return 0;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_ptr(skb->data, &p))
+		return 0;
+	__builtin_memset(&tk, 0, sizeof(tk));
+	tk.netns = netns;
+	__builtin_memcpy(tk.laddr, p.daddr, 16);
+	__builtin_memcpy(tk.raddr, p.saddr, 16);
+	tk.lport = p.dport;
+	tk.rport = p.sport;
+	tk.proto = p.proto;
+	key = bpf_map_lookup_elem(&nw_pkt_tuples, &tk);
+	if (!key)
+		return 0;
+	stat_add(NW_H_DEV_RECV, NW_S_CALLS);
+	f = bpf_map_lookup_elem(&nw_flows, key);
+	if (!f) {
+		bpf_map_delete_elem(&nw_pkt_tuples, &tk);
+		return 0;
+	}
+	if ((f->flags & NW_F_ECHO) && p.echo != NW_ECHO_REPLY)
+		return 0;
+	count(&f->c, 0, skb->len, kskb_segs(skb), p.hdrlen, now);
+	return 0;
+}
+
+/* Is a received packet a reply to a packet socket's flow (counted there, not a probe)? */
+static __always_inline int is_packet_reply(__u32 netns, __u8 proto, const __u8 *saddr,
+					   const __u8 *daddr, __u16 sport, __u16 dport)
+{
+	struct nw_tuple_key tk;
+	__u64 last = nw_pkt_last;
+
+	if (!last || bpf_ktime_get_ns() - last > NW_PKT_WINDOW)
+		return 0;
+	__builtin_memset(&tk, 0, sizeof(tk));
+	tk.netns = netns;
+	__builtin_memcpy(tk.laddr, daddr, 16);
+	__builtin_memcpy(tk.raddr, saddr, 16);
+	tk.lport = dport;
+	tk.rport = sport;
+	tk.proto = proto;
+	return bpf_map_lookup_elem(&nw_pkt_tuples, &tk) != 0;
 }
 
 /* ------------------------------------------------------------------ probes */
@@ -1096,6 +1495,8 @@ static __always_inline void probe(const struct sk_buff *skb, __u8 want_proto, __
 		if ((flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 			return;
 	}
+	if (is_packet_reply(netns, proto, saddr, daddr, bpf_ntohs(ports[0]), bpf_ntohs(ports[1])))
+		return;
 	stat_add(hook, NW_S_CALLS);
 	r = reserve(hook);
 	if (!r)
@@ -1162,8 +1563,8 @@ int nw_flush(struct bpf_iter__bpf_sk_storage_map *ctx)
 	return 0;
 }
 
-/* Run once at start: the owners of sockets made before netwarden (listeners, UDP sockets),
- * from the processes holding them. What the hooks recorded since wins. */
+/* Run once at start: the owners of sockets made before netwarden (listeners, UDP, raw and
+ * ICMP sockets), from the processes holding them. What the hooks recorded since wins. */
 SEC("iter/task_file")
 int nw_prime(struct bpf_iter__task_file *ctx)
 {
@@ -1199,7 +1600,7 @@ int nw_prime(struct bpf_iter__task_file *ctx)
 		fill_ident_of(&l.who, task);
 		l.cookie = bpf_get_socket_cookie(sk);
 		bpf_map_update_elem(&nw_listeners, &key, &l, BPF_NOEXIST);
-	} else if (proto == IPPROTO_UDP) {
+	} else if (proto == IPPROTO_UDP || is_raw_or_ping(BPF_CORE_READ(sk, sk_type), proto)) {
 		struct nw_sock *s = bpf_sk_storage_get(&nw_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		if (!s || s->has_owner)

@@ -12,9 +12,9 @@
 
 /* record types */
 #define NW_REC_NEW 1     /* a flow was seen: identity and counters so far */
-#define NW_REC_END 2     /* a flow ended (TCP close, UDP socket release): final counters */
+#define NW_REC_END 2     /* a flow ended (TCP close, datagram socket release): final counters */
 #define NW_REC_PROBE 3   /* an inbound attempt to a closed port */
-#define NW_REC_RELEASE 4 /* a UDP socket with several flows went: user space ends the others */
+#define NW_REC_RELEASE 4 /* a datagram socket with several flows went: user space ends the others */
 
 /* directions */
 #define NW_DIR_OUT 0
@@ -26,6 +26,9 @@
 #define NW_F_NO_OWNER 0x02 /* no process known for the socket (only uid is filled) */
 #define NW_F_LISTENER 0x04 /* identity is the listening socket's process */
 #define NW_F_FINAL 0x08    /* written by the flush iterator: the flow is still open */
+#define NW_F_RAW 0x10      /* a raw IP socket's or an ICMP (ping) socket's flow */
+#define NW_F_PACKET 0x20   /* a packet (AF_PACKET) socket's flow */
+#define NW_F_ECHO 0x40     /* an ICMP echo flow (its initiator sent echo requests) */
 
 /* hooks: the index of each program's counters in nw_stats */
 #define NW_H_TCP_CONNECT 0 /* sockops TCP_CONNECT_CB */
@@ -44,7 +47,10 @@
 #define NW_H_TCP_RESET 13  /* tp_btf/tcp_send_reset */
 #define NW_H_SKB_DROP 14   /* tp_btf/kfree_skb */
 #define NW_H_FLUSH 15      /* iter/bpf_sk_storage_map */
-#define NW_NHOOKS 16
+#define NW_H_SOCK_CREATE 16 /* cgroup/sock_create */
+#define NW_H_DEV_QUEUE 17  /* tp_btf/net_dev_queue (packet sockets' sends) */
+#define NW_H_DEV_RECV 18   /* tp_btf/netif_receive_skb (replies to packet sockets' flows) */
+#define NW_NHOOKS 19
 
 /* counters per hook */
 #define NW_S_CALLS 0  /* times the program ran (past the namespace filter) */
@@ -81,7 +87,7 @@ struct nw_counters {
 
 struct nw_record {
 	__u8 type;
-	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 proto; /* the IP protocol (of the packets, for raw and packet sockets) */
 	__u8 af;    /* the socket's family: AF_INET or AF_INET6 */
 	__u8 dir;
 	__u8 hook;
@@ -99,15 +105,19 @@ struct nw_record {
 	struct nw_counters c;
 };
 
-/* the UDP flow table (user space reads and deletes entries when a flow ends) */
-struct nw_udp_key {
+/* The datagram flow table: UDP, raw IP, ICMP (ping) and packet sockets' flows, one per
+ * socket and remote (user space reads and deletes entries when a flow ends). For ICMP,
+ * `rport` is the echo identifier of an echo flow, else the message type; 0 for protocols
+ * without ports. */
+struct nw_flow_key {
 	__u64 cookie;
 	__u8 raddr[16];
 	__u16 rport;
-	__u16 _pad[3];
+	__u8 proto;
+	__u8 _pad[5];
 };
 
-struct nw_udp_flow {
+struct nw_flow {
 	struct nw_ident who;
 	struct nw_counters c;
 	__u64 flow;

@@ -8,9 +8,12 @@ with ``source=ebpf`` and ``attribution=kernel``:
 * outbound TCP (``connect()``), accepted TCP (owned by the listening socket's process) and
   UDP (one flow per socket and remote, for connected and unconnected sends and for
   datagrams received by a socket from a new remote), IPv4 and IPv6;
-* ``end`` at TCP close, at the release of a UDP socket, after a UDP flow's idle timeout, and
-  on :meth:`EbpfSource.stop` for every flow still open, each with IP-layer bytes and packets
-  per direction;
+* raw IP and ICMP (ping) sockets' flows (one per socket, remote and ICMP echo identifier,
+  started by a send; owned by the socket's creator), and the IP packets that packet
+  (AF_PACKET) sockets send, with their replies (owned by the sending process);
+* ``end`` at TCP close, at the release of a datagram socket, after a datagram flow's idle
+  timeout, and on :meth:`EbpfSource.stop` for every flow still open, each with IP-layer
+  bytes and packets per direction;
 * ``probe`` for a TCP SYN or a UDP datagram to a closed port;
 * a flow with both ends in the same namespace is one ``local`` record, the initiator's.
 
@@ -37,7 +40,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +53,9 @@ from netwarden.wire.ebpf_records import (
     DIR_IN,
     DIR_LOCAL,
     F_HIDDEN,
+    F_PACKET,
+    F_RAW,
+    FLOW_SIZE,
     HOOK_NAMES,
     REC_END,
     REC_NEW,
@@ -56,16 +63,15 @@ from netwarden.wire.ebpf_records import (
     REC_RELEASE,
     RECORD_SIZE,
     STAT_NAMES,
-    UDP_FLOW_SIZE,
     Counters,
     Record,
     RecordError,
     address,
+    decode_flow,
     decode_record,
     decode_records,
     decode_stats,
-    decode_udp_flow,
-    udp_key,
+    flow_key,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +79,8 @@ if TYPE_CHECKING:
     from netwarden.proc import ProcReader
 
 log = logging.getLogger(__name__)
+
+_NO_PROCESS: Final = ProcessInfo()
 
 __all__ = ["EbpfSource", "check", "find_object", "make_event"]
 
@@ -96,9 +104,19 @@ PROGRAMS: Final[dict[str, tuple[str, str, bool]]] = {
     "nw_skb_drop": ("tracing", "tp_btf/kfree_skb (UDP probes)", False),
     "nw_flush": ("iter", "iter/bpf_sk_storage_map (open TCP flows at stop)", False),
     "nw_prime": ("iter", "iter/task_file (owners of sockets made before start)", False),
+    "nw_sock_create": ("cgroup", "cgroup/sock_create (raw and ICMP socket identity)", False),
+    "nw_dev_queue": ("tracing", "tp_btf/net_dev_queue (packet sockets' sends)", False),
+    "nw_dev_recv": ("tracing", "tp_btf/netif_receive_skb (replies to packet sockets)", False),
 }
 
+_TCP: Final = 6
 _UDP: Final = 17
+_ICMP: Final = 1
+_ICMPV6: Final = 58
+#: IP protocols whose flows have ports (the others' sport and dport are null)
+_PORTED: Final = frozenset((6, 17, 132, 136))
+#: records of flows kept in the kernel's datagram flow table (not TCP sockets' storage)
+_F_MAPPED: Final = F_RAW | F_PACKET
 _NW_CTL_SNAPSHOT: Final = 0
 _NW_CTL_FLUSH: Final = 1
 _FAILED_PROG = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
@@ -150,6 +168,92 @@ def find_object(path: str | os.PathLike[str] | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- records → events
+# Event() costs about 5 µs: a frozen dataclass sets each of its 22 slots through
+# object.__setattr__. Records come by the hundred thousand per second, so the events of this
+# backend are made by writing the slots through their descriptors (about 2 µs); the result
+# is an ordinary Event. Should Event's fields ever differ from these, the constructor is used.
+_EVENT_FIELDS: Final = (
+    "ts", "event", "proto", "ipproto", "family", "src", "dst", "sport", "dport", "flow",
+    "direction", "orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts", "duration", "iface",
+    "netns", "process", "attribution", "source", "scan",
+)  # fmt: skip
+_FAST: Final = tuple(f.name for f in fields(Event)) == _EVENT_FIELDS and all(
+    type(Event.__dict__.get(n)).__name__ == "member_descriptor" for n in _EVENT_FIELDS
+)
+
+
+def _setters() -> tuple[Any, ...]:
+    if not _FAST:
+        return (None,) * len(_EVENT_FIELDS)
+    return tuple(Event.__dict__[n].__set__ for n in _EVENT_FIELDS)
+
+
+(
+    _s_ts, _s_event, _s_proto, _s_ipproto, _s_family, _s_src, _s_dst, _s_sport, _s_dport,
+    _s_flow, _s_direction, _s_ob, _s_rb, _s_op, _s_rp, _s_duration, _s_iface, _s_netns,
+    _s_process, _s_attribution, _s_source, _s_scan,
+) = _setters()  # fmt: skip
+_new = object.__new__
+_PROTOS: Final = tuple(Proto.from_number(n) for n in range(256))
+_EBPF = Source.EBPF
+_KERNEL = Attribution.KERNEL
+_NONE = Attribution.NONE
+
+
+def _event(
+    ts: float,
+    event: EventType,
+    ipproto: int,
+    family: int,
+    src: IPv4Address | IPv6Address,
+    dst: IPv4Address | IPv6Address,
+    sport: int | None,
+    dport: int | None,
+    flow: str | None,
+    direction: Direction,
+    ob: int,
+    rb: int,
+    op: int,
+    rp: int,
+    duration: float | None,
+    netns: int,
+    process: ProcessInfo,
+    attribution: Attribution,
+) -> Event:
+    """``Event(...)`` with ``source=ebpf``, no ``iface`` and no ``scan``, made fast."""
+    if not _FAST:
+        return Event(
+            ts=ts, event=event, proto=_PROTOS[ipproto], ipproto=ipproto, family=family,
+            src=src, dst=dst, sport=sport, dport=dport, flow=flow, direction=direction,
+            orig_bytes=ob, resp_bytes=rb, orig_pkts=op, resp_pkts=rp, duration=duration,
+            netns=netns, process=process, attribution=attribution, source=_EBPF,
+        )  # fmt: skip
+    e: Event = _new(Event)
+    _s_ts(e, ts)
+    _s_event(e, event)
+    _s_proto(e, _PROTOS[ipproto])
+    _s_ipproto(e, ipproto)
+    _s_family(e, family)
+    _s_src(e, src)
+    _s_dst(e, dst)
+    _s_sport(e, sport)
+    _s_dport(e, dport)
+    _s_flow(e, flow)
+    _s_direction(e, direction)
+    _s_ob(e, ob)
+    _s_rb(e, rb)
+    _s_op(e, op)
+    _s_rp(e, rp)
+    _s_duration(e, duration)
+    _s_iface(e, None)
+    _s_netns(e, netns)
+    _s_process(e, process)
+    _s_attribution(e, attribution)
+    _s_source(e, _EBPF)
+    _s_scan(e, None)
+    return e
+
+
 def make_event(
     rec: Record,
     *,
@@ -159,84 +263,66 @@ def make_event(
 ) -> Event:
     """The event of a ``new``, ``end`` or ``probe`` record. Pure.
 
-    ``wall_offset_ns`` turns the kernel's monotonic nanoseconds into Unix time.
+    ``wall_offset_ns`` turns the kernel's monotonic nanoseconds into Unix time. Flows of
+    protocols without ports (ICMP, raw IP protocols) have null ports; an ICMP flow's key
+    (echo identifier or message type) is in the record's ports.
     """
     c = rec.counters
     local = address(rec.laddr)
     remote = address(rec.raddr)
+    ported = rec.proto in _PORTED
+    lport = rec.lport if ported else None
+    rport = rec.rport if ported else None
+    ts = (rec.ts_ns + wall_offset_ns) / 1e9
     if rec.type == REC_PROBE:
-        return Event(
-            ts=(rec.ts_ns + wall_offset_ns) / 1e9,
-            event=EventType.PROBE,
-            proto=Proto.from_number(rec.proto),
-            ipproto=rec.proto,
-            family=rec.family,
-            src=remote,
-            sport=rec.rport,
-            dst=local,
-            dport=rec.lport,
-            direction=Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.IN,
-            orig_bytes=c.rx_bytes,
-            orig_pkts=c.rx_pkts,
-            netns=rec.netns,
-            attribution=Attribution.NONE,
-            source=Source.EBPF,
-        )
-    if rec.dir == DIR_IN:
-        direction = Direction.IN
-        src, sport, dst, dport = remote, rec.rport, local, rec.lport
-        ob, rb, op, rp = c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts
-    else:
-        direction = Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.OUT
-        src, sport, dst, dport = local, rec.lport, remote, rec.rport
-        ob, rb, op, rp = c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts
+        return _event(
+            ts, EventType.PROBE, rec.proto, rec.family, remote, local, rport, lport, None,
+            Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.IN,
+            c.rx_bytes, 0, c.rx_pkts, 0, None, rec.netns, _NO_PROCESS, _NONE,
+        )  # fmt: skip
     is_end = rec.type == REC_END
-    return Event(
-        ts=(rec.ts_ns + wall_offset_ns) / 1e9,
-        event=EventType.END if is_end else EventType.NEW,
-        proto=Proto.from_number(rec.proto),
-        ipproto=rec.proto,
-        family=rec.family,
-        src=src,
-        sport=sport,
-        dst=dst,
-        dport=dport,
-        flow=flow_id,
-        direction=direction,
-        orig_bytes=ob,
-        resp_bytes=rb,
-        orig_pkts=op,
-        resp_pkts=rp,
-        duration=max(0, c.last_ns - c.first_ns) / 1e9 if is_end else None,
-        netns=rec.netns,
-        process=process,
-        attribution=Attribution.KERNEL if process.pid is not None else Attribution.NONE,
-        source=Source.EBPF,
-    )
+    attribution = _KERNEL if process.pid is not None else _NONE
+    duration = max(0, c.last_ns - c.first_ns) / 1e9 if is_end else None
+    kind = EventType.END if is_end else EventType.NEW
+    if rec.dir == DIR_IN:
+        return _event(
+            ts, kind, rec.proto, rec.family, remote, local, rport, lport, flow_id,
+            Direction.IN, c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts, duration, rec.netns,
+            process, attribution,
+        )  # fmt: skip
+    return _event(
+        ts, kind, rec.proto, rec.family, local, remote, lport, rport, flow_id,
+        Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.OUT,
+        c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts, duration, rec.netns, process, attribution,
+    )  # fmt: skip
 
 
-def _with_counters(ev: Event, c: Counters, ts: float, outbound: bool) -> Event:
-    """A UDP flow's ``end`` from its ``new`` and its final counters."""
-    if outbound:
+def _with_counters(ev: Event, c: Counters | None, ts: float) -> Event:
+    """A datagram flow's ``end`` from its ``new`` and its final counters (None: the kernel
+    lost them; the ``new`` event's are kept, without a duration)."""
+    if c is None:
+        ob, rb, op, rp = ev.orig_bytes, ev.resp_bytes, ev.orig_pkts, ev.resp_pkts
+        duration = None
+    elif ev.direction != Direction.IN:
         ob, rb, op, rp = c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts
+        duration = max(0, c.last_ns - c.first_ns) / 1e9
     else:
         ob, rb, op, rp = c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts
-    return replace(
-        ev,
-        ts=ts,
-        event=EventType.END,
-        orig_bytes=ob,
-        resp_bytes=rb,
-        orig_pkts=op,
-        resp_pkts=rp,
-        duration=max(0, c.last_ns - c.first_ns) / 1e9,
-    )
+        duration = max(0, c.last_ns - c.first_ns) / 1e9
+    assert ev.src is not None and ev.dst is not None and ev.netns is not None
+    return _event(
+        ts, EventType.END, ev.ipproto, ev.family, ev.src, ev.dst, ev.sport, ev.dport, ev.flow,
+        ev.direction, ob, rb, op, rp, duration, ev.netns, ev.process, ev.attribution,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
-class _UdpFlow:
+class _Flow:
+    """A datagram flow (UDP, raw IP, ICMP, packet socket) open in the kernel's flow table."""
+
     key: bytes
     flow: int
+    proto: int
     new: Event | None  # None for a hidden (bookkeeping-only) flow
 
 
@@ -251,8 +337,9 @@ class EbpfSource:
 
     ``all_netns`` reports every network namespace, ``netns`` (an inode number) one other
     than our own. ``ring_size`` is the ring buffer's size in bytes (a power of two; a record
-    takes 200 bytes). ``udp_flows`` bounds the kernel's UDP flow table (LRU), ``timeouts``
-    give the idle time after which a UDP flow ends (checked every ``sweep_interval``
+    takes 200 bytes). ``udp_flows`` bounds the kernel's datagram flow table (UDP, raw IP,
+    ICMP and packet sockets' flows; LRU), ``timeouts`` give the idle time after which such a
+    flow ends (UDP's, ICMP's, or the generic one; checked every ``sweep_interval``
     seconds). ``proc`` reads /proc for exe, cmdline, unit and container (``enrich=False``:
     only what the kernel captured). ``cgroup_root``: where the cgroup v2 hierarchy is
     (found or mounted when not given).
@@ -311,8 +398,8 @@ class EbpfSource:
         self._pcache: OrderedDict[tuple[int, int], ProcessInfo] = OrderedDict()
         self._prefix = secrets.token_hex(3)
         self._raw: list[bytes] = []
-        self._udp: dict[int, dict[bytes, _UdpFlow]] = {}
-        self._udp_open = 0
+        self._dgram: dict[int, dict[bytes, _Flow]] = {}  # by socket cookie
+        self._dgram_open = 0
         self._stopping = False
         self._closed = False
         self._close_pending = False
@@ -326,7 +413,7 @@ class EbpfSource:
         self.records = 0
         self.records_bad = 0
         self.events = 0
-        self.udp_ended_evicted = 0
+        self.dgram_ended_evicted = 0
         self._final_stats: dict[str, dict[str, int]] | None = None
         self._last_sweep = time.monotonic()
         self._ncpus = self._lib.num_possible_cpus()
@@ -346,7 +433,7 @@ class EbpfSource:
             from netwarden.capture.libbpf import RingBuffer
 
             self._rb = RingBuffer(self._lib, self._obj.map("nw_events").fd, self._raw.append)
-            self._udp_fd = self._obj.map("nw_udp").fd
+            self._flows_fd = self._obj.map("nw_flows").fd
             self._stats_fd = self._obj.map("nw_stats").fd
             self._ctl_fd = self._obj.map("nw_ctl").fd
             self._socks_fd = self._obj.map("nw_socks").fd
@@ -369,7 +456,7 @@ class EbpfSource:
         try:
             obj.map(".rodata").set_initial_value(struct.pack("<I", self.netns or 0))
             obj.map("nw_events").set_max_entries(self.ring_size)
-            obj.map("nw_udp").set_max_entries(self.udp_flows_max)
+            obj.map("nw_flows").set_max_entries(self.udp_flows_max)
             for name in disabled:
                 obj.program(name).set_autoload(False)
         except BaseException:
@@ -485,7 +572,7 @@ class EbpfSource:
                 now = time.monotonic()
                 if now - self._last_sweep >= self.sweep_interval:
                     self._last_sweep = now
-                    yield from self._sweep_udp()
+                    yield from self._sweep()
             if self._rb is None:
                 return
             self._rb.consume()
@@ -505,7 +592,7 @@ class EbpfSource:
             now = time.monotonic()
             if now - self._last_sweep >= self.sweep_interval:
                 self._last_sweep = now
-                out.extend(self._sweep_udp())
+                out.extend(self._sweep())
             return out
         finally:
             self._leave()
@@ -560,14 +647,13 @@ class EbpfSource:
         if rtype == REC_RELEASE:
             return None
         if rtype == REC_PROBE:
-            return make_event(rec, wall_offset_ns=wall, flow_id=None, process=ProcessInfo())
-        udp = rec.proto == _UDP
-        known: _UdpFlow | None = None
-        if udp:
+            return make_event(rec, wall_offset_ns=wall, flow_id=None, process=_NO_PROCESS)
+        known: _Flow | None = None
+        if rec.proto != _TCP or rec.flags & _F_MAPPED:
             if rtype == REC_NEW:
-                known = self._track_udp(rec)
+                known = self._track(rec)
             else:  # the kernel ended the socket's first flow at its release
-                known = self._untrack_udp(rec)
+                known = self._untrack(rec)
         if rec.flags & F_HIDDEN:
             return None
         process = (
@@ -613,84 +699,92 @@ class EbpfSource:
             self._pcache.popitem(last=False)
         return info
 
-    # ------------------------------------------------------------------ UDP flows
-    def _track_udp(self, rec: Record) -> _UdpFlow:
-        key = udp_key(rec.cookie, rec.raddr, rec.rport)
-        flows = self._udp.setdefault(rec.cookie, {})
+    # ------------------------------------------------------------------ datagram flows
+    def _track(self, rec: Record) -> _Flow:
+        key = flow_key(rec.cookie, rec.raddr, rec.rport, rec.proto)
+        flows = self._dgram.setdefault(rec.cookie, {})
         if key not in flows:
-            self._udp_open += 1
-        f = flows[key] = _UdpFlow(key, rec.flow, None)
+            self._dgram_open += 1
+        f = flows[key] = _Flow(key, rec.flow, rec.proto, None)
         return f
 
-    def _untrack_udp(self, rec: Record) -> _UdpFlow | None:
-        flows = self._udp.get(rec.cookie)
+    def _untrack(self, rec: Record) -> _Flow | None:
+        flows = self._dgram.get(rec.cookie)
         if flows is None:
             return None
-        key = udp_key(rec.cookie, rec.raddr, rec.rport)
+        key = flow_key(rec.cookie, rec.raddr, rec.rport, rec.proto)
         f = flows.get(key)
         if f is None or f.flow != rec.flow:
             return None
         del flows[key]
-        self._udp_open -= 1
+        self._dgram_open -= 1
         if not flows:
-            del self._udp[rec.cookie]
+            del self._dgram[rec.cookie]
         return f
 
-    def _end_udp(self, f: _UdpFlow, ts: float, delete: bool = True) -> Event | None:
+    def _end_flow(self, f: _Flow, ts: float) -> Event | None:
+        """A datagram flow's ``end``, its kernel entry read and deleted."""
         assert self._obj is not None
-        raw = self._obj.lookup(self._udp_fd, f.key, UDP_FLOW_SIZE)
+        raw = self._obj.lookup(self._flows_fd, f.key, FLOW_SIZE)
         counters = None
         if raw is not None:
-            _ident, counters, flow, _dir, _flags = decode_udp_flow(raw)
+            _ident, counters, flow, _dir, _flags = decode_flow(raw)
             if flow != f.flow:
                 counters = None  # the entry was evicted and belongs to a newer flow
-            elif delete:
-                self._obj.delete(self._udp_fd, f.key)
+            else:
+                self._obj.delete(self._flows_fd, f.key)
         if f.new is None:
             return None
         if counters is None:
-            self.udp_ended_evicted += 1
-            return replace(f.new, ts=ts, event=EventType.END, duration=None)
-        return _with_counters(f.new, counters, ts, f.new.direction != Direction.IN)
+            self.dgram_ended_evicted += 1
+        return _with_counters(f.new, counters, ts)
 
     def _release(self, cookie: int, wall: int) -> Iterator[Event]:
-        flows = self._udp.pop(cookie, None)
+        flows = self._dgram.pop(cookie, None)
         if not flows:
             return
         ts = time.time()
         for f in flows.values():
-            self._udp_open -= 1
-            ev = self._end_udp(f, ts)
+            self._dgram_open -= 1
+            ev = self._end_flow(f, ts)
             if ev is not None:
                 self.events += 1
                 yield ev
 
-    def _sweep_udp(self) -> Iterator[Event]:
-        """End UDP flows idle longer than their timeout (conntrack's, as the flow table)."""
-        if not self._udp or self._obj is None:
+    def _timeout(self, proto: int, both_ways: bool) -> float:
+        t = self.timeouts
+        if proto == _UDP:
+            return t.udp_stream if both_ways else t.udp
+        if proto in (_ICMP, _ICMPV6):
+            return t.icmp
+        return t.other
+
+    def _sweep(self) -> Iterator[Event]:
+        """End datagram flows idle longer than their timeout (conntrack's, as the flow
+        table: UDP's, ICMP's, the generic one for the rest)."""
+        if not self._dgram or self._obj is None:
             return
         now_ns = time.monotonic_ns()
         ts = time.time()
-        t = self.timeouts
-        for cookie in list(self._udp):
-            flows = self._udp[cookie]
+        for cookie in list(self._dgram):
+            flows = self._dgram[cookie]
             for key in list(flows):
                 f = flows[key]
-                raw = self._obj.lookup(self._udp_fd, key, UDP_FLOW_SIZE)
+                raw = self._obj.lookup(self._flows_fd, key, FLOW_SIZE)
                 if raw is not None:
-                    _i, c, flow, _d, _fl = decode_udp_flow(raw)
+                    _i, c, flow, _d, _fl = decode_flow(raw)
                     if flow == f.flow:
-                        timeout = t.udp_stream if c.tx_pkts and c.rx_pkts else t.udp
+                        timeout = self._timeout(f.proto, bool(c.tx_pkts and c.rx_pkts))
                         if now_ns - c.last_ns < timeout * 1e9:
                             continue
                 del flows[key]
-                self._udp_open -= 1
-                ev = self._end_udp(f, ts)
+                self._dgram_open -= 1
+                ev = self._end_flow(f, ts)
                 if ev is not None:
                     self.events += 1
                     yield ev
             if not flows:
-                del self._udp[cookie]
+                del self._dgram[cookie]
 
     # ------------------------------------------------------------------ open flows
     def _iter_open_tcp(self, mode: int) -> list[Record]:
@@ -734,11 +828,11 @@ class EbpfSource:
             self.events += 1
             yield ev
         ts = time.time()
-        udp, self._udp = self._udp, {}
-        self._udp_open = 0
-        for flows in udp.values():
+        dgram, self._dgram = self._dgram, {}
+        self._dgram_open = 0
+        for flows in dgram.values():
             for f in flows.values():
-                uev = self._end_udp(f, ts)
+                uev = self._end_flow(f, ts)
                 if uev is not None:
                     self.events += 1
                     yield uev
@@ -789,8 +883,8 @@ class EbpfSource:
             "events": self.events,
             "events_lost": sum(r["lost"] for r in hooks.values()),
             "state_errors": sum(r["errors"] for r in hooks.values()),
-            "udp_flows_open": self._udp_open,
-            "udp_flows_evicted": self.udp_ended_evicted,
+            "udp_flows_open": self._dgram_open,  # datagram flows: UDP, raw, ICMP, packet
+            "udp_flows_evicted": self.dgram_ended_evicted,
             "netns": "all" if self.netns is None else self.netns,
             "unavailable": dict(self.unavailable),
             "hooks": {k: v for k, v in hooks.items() if any(v.values())},

@@ -1,4 +1,4 @@
-"""The eBPF backend's records (ring buffer, flush iterator, UDP flow map) → values. Pure.
+"""The eBPF backend's records (ring buffer, flush iterator, datagram flow map) → values. Pure.
 
 The layouts mirror ``src/netwarden/bpf/netwarden.h``; change both together. Integers are
 little-endian (host order on the machines netwarden runs on), ports in host order, and
@@ -17,28 +17,31 @@ __all__ = [
     "DIR_IN",
     "DIR_LOCAL",
     "DIR_OUT",
+    "FLOW_KEY_SIZE",
+    "FLOW_SIZE",
+    "F_ECHO",
     "F_FINAL",
     "F_HIDDEN",
     "F_LISTENER",
     "F_NO_OWNER",
+    "F_PACKET",
+    "F_RAW",
     "HOOK_NAMES",
     "RECORD_SIZE",
     "REC_END",
     "REC_NEW",
     "REC_PROBE",
     "REC_RELEASE",
-    "UDP_FLOW_SIZE",
-    "UDP_KEY_SIZE",
     "Counters",
     "Ident",
     "Record",
     "RecordError",
     "address",
+    "decode_flow",
     "decode_record",
     "decode_records",
     "decode_stats",
-    "decode_udp_flow",
-    "udp_key",
+    "flow_key",
 ]
 
 REC_NEW: Final = 1
@@ -55,6 +58,9 @@ F_HIDDEN: Final = 0x01
 F_NO_OWNER: Final = 0x02
 F_LISTENER: Final = 0x04
 F_FINAL: Final = 0x08
+F_RAW: Final = 0x10  # a raw IP or ICMP (ping) socket's flow
+F_PACKET: Final = 0x20  # a packet (AF_PACKET) socket's flow
+F_ECHO: Final = 0x40  # an ICMP echo flow
 
 #: Hook names by index (NW_H_*), as used in the per-hook counters.
 HOOK_NAMES: Final[tuple[str, ...]] = (
@@ -74,6 +80,9 @@ HOOK_NAMES: Final[tuple[str, ...]] = (
     "tcp_send_reset",
     "kfree_skb",
     "flush",
+    "sock_create",
+    "net_dev_queue",
+    "netif_receive_skb",
 )
 #: Counter names per hook (NW_S_*).
 STAT_NAMES: Final[tuple[str, ...]] = ("calls", "events", "lost", "errors")
@@ -91,12 +100,12 @@ _RECORD = struct.Struct(
 )  # fmt: skip
 RECORD_SIZE: Final = _RECORD.size  # 192
 
-# struct nw_udp_key: cookie raddr[16] rport pad[3]
-_UDP_KEY = struct.Struct("<Q16sH6x")
-UDP_KEY_SIZE: Final = _UDP_KEY.size  # 32
-# struct nw_udp_flow: who counters flow dir flags pad[6]
-_UDP_FLOW = struct.Struct("<" + _IDENT_FMT + " " + _COUNTERS_FMT + " QBB6x")
-UDP_FLOW_SIZE: Final = _UDP_FLOW.size  # 136
+# struct nw_flow_key: cookie raddr[16] rport proto pad[5]
+_FLOW_KEY = struct.Struct("<Q16sHB5x")
+FLOW_KEY_SIZE: Final = _FLOW_KEY.size  # 32
+# struct nw_flow: who counters flow dir flags pad[6]
+_FLOW = struct.Struct("<" + _IDENT_FMT + " " + _COUNTERS_FMT + " QBB6x")
+FLOW_SIZE: Final = _FLOW.size  # 136
 
 _V4_PREFIX: Final = b"\0" * 10 + b"\xff\xff"
 
@@ -215,18 +224,19 @@ def decode_records(buf: bytes | bytearray | memoryview) -> list[Record]:
     return [decode_record(buf, off) for off in range(0, len(buf), RECORD_SIZE)]
 
 
-def udp_key(cookie: int, raddr: bytes, rport: int) -> bytes:
-    """The UDP flow map's key of a socket's flow with one remote."""
+def flow_key(cookie: int, raddr: bytes, rport: int, proto: int) -> bytes:
+    """The datagram flow map's key of a socket's flow with one remote: ``rport`` is the
+    remote port, for ICMP the echo identifier (echo flows) or the message type."""
     if len(raddr) != 16:
         raise ValueError("raddr must be 16 bytes")
-    return _UDP_KEY.pack(cookie, raddr, rport)
+    return _FLOW_KEY.pack(cookie, raddr, rport, proto)
 
 
-def decode_udp_flow(buf: bytes | bytearray | memoryview) -> tuple[Ident, Counters, int, int, int]:
-    """A UDP flow map value: (identity, counters, flow number, direction, flags)."""
-    if len(buf) < UDP_FLOW_SIZE:
-        raise RecordError(f"UDP flow value truncated: {len(buf)} of {UDP_FLOW_SIZE} bytes")
-    f = _UDP_FLOW.unpack_from(buf, 0)
+def decode_flow(buf: bytes | bytearray | memoryview) -> tuple[Ident, Counters, int, int, int]:
+    """A datagram flow map value: (identity, counters, flow number, direction, flags)."""
+    if len(buf) < FLOW_SIZE:
+        raise RecordError(f"flow value truncated: {len(buf)} of {FLOW_SIZE} bytes")
+    f = _FLOW.unpack_from(buf, 0)
     return _ident(f[:10]), Counters(*f[10:16]), f[16], f[17], f[18]
 
 
