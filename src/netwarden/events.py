@@ -10,7 +10,7 @@ The attribute names are the field names of INTERFACE.md's event table, so
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -134,7 +134,7 @@ SCAN_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Event:
     """One record: a flow seen or ended, a probe, a scan, a block or an unblock."""
 
@@ -160,6 +160,58 @@ class Event:
     attribution: Attribution = Attribution.NONE
     source: Source = Source.SNIFF
     scan: ScanInfo | None = None
+
+    def __init__(
+        self,
+        ts: float,
+        event: EventType,
+        proto: Proto,
+        ipproto: int,
+        family: int,
+        src: IPAddress | None,
+        dst: IPAddress | None,
+        sport: int | None = None,
+        dport: int | None = None,
+        flow: str | None = None,
+        direction: Direction = Direction.TRANSIT,
+        orig_bytes: int = 0,
+        resp_bytes: int = 0,
+        orig_pkts: int = 0,
+        resp_pkts: int = 0,
+        duration: float | None = None,
+        iface: str | None = None,
+        netns: int | None = None,
+        process: ProcessInfo = _NO_PROCESS,
+        attribution: Attribution = Attribution.NONE,
+        source: Source = Source.SNIFF,
+        scan: ScanInfo | None = None,
+    ) -> None:
+        # Written out: the generated __init__ of a frozen dataclass calls object.__setattr__
+        # per field (about 7 µs per event here); the slots' own setters cost far less.
+        # Same fields, defaults and order as declared above.
+        s = _SLOT_SETTERS
+        s[0](self, ts)
+        s[1](self, event)
+        s[2](self, proto)
+        s[3](self, ipproto)
+        s[4](self, family)
+        s[5](self, src)
+        s[6](self, dst)
+        s[7](self, sport)
+        s[8](self, dport)
+        s[9](self, flow)
+        s[10](self, direction)
+        s[11](self, orig_bytes)
+        s[12](self, resp_bytes)
+        s[13](self, orig_pkts)
+        s[14](self, resp_pkts)
+        s[15](self, duration)
+        s[16](self, iface)
+        s[17](self, netns)
+        s[18](self, process)
+        s[19](self, attribution)
+        s[20](self, source)
+        s[21](self, scan)
 
     # The process fields, flat, as the interface names them.
     @property
@@ -302,3 +354,7 @@ class Event:
             source=Source(d.get("source") or "sniff"),
             scan=scan,
         )
+
+
+#: The slot setters of Event's fields, in declaration order (see Event.__init__).
+_SLOT_SETTERS = tuple(getattr(Event, f.name).__set__ for f in fields(Event))

@@ -117,3 +117,19 @@ def test_to_dict_has_every_field_in_interface_order() -> None:
     from netwarden.events import FIELDS
 
     assert tuple(ev().to_dict()) == FIELDS
+
+
+def test_event_init_matches_its_fields() -> None:
+    import dataclasses
+    import inspect
+
+    params = list(inspect.signature(Event.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(Event)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        want = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+        assert p.default == want, f.name
+    e = ev()
+    assert dataclasses.replace(e, sport=9).sport == 9 and e.sport == 40000
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.ts = 1.0  # type: ignore[misc]
