@@ -177,3 +177,51 @@ def test_trap_matching_rules() -> None:
     assert not t.match(ev(443, direction=Direction.IN), 0.0)
     assert exec_argv(["kill", "-STOP"], 42) == ["kill", "-STOP", "42"]
     assert exec_argv(["sh", "-c", "echo {pid}"], 42) == ["sh", "-c", "echo 42"]
+
+
+def test_two_traps_at_once_and_nothing_left_behind() -> None:
+    with veth_pair() as pair:
+        srv = serve(pair, 8092)
+        try:
+            one = start(
+                pair,
+                "trap",
+                "-t",
+                "-p",
+                "8092",
+                "--count",
+                "1",
+                "--json",
+                "--backend",
+                "conntrack",
+                "--timeout",
+                "60",
+            )
+            two = start(
+                pair,
+                "trap",
+                "-t",
+                "-p",
+                "8092",
+                "--count",
+                "1",
+                "--json",
+                "--backend",
+                "conntrack",
+                "--timeout",
+                "60",
+            )
+            chains = pair.a.run("iptables", "-S").stdout
+            assert chains.count("-N NETWARDEN_HOLD_") == 2  # each its own queue and chain
+            c = pair.a.popen("curl", "-s", "-o", "/dev/null", f"http://{pair.b4}:8092/")
+            c.wait(10)
+            outs = [p.communicate(timeout=60)[0] for p in (one, two)]
+        finally:
+            srv.kill()
+            srv.wait()
+        for out in outs:
+            (event,) = [json.loads(x) for x in out.splitlines()]
+            assert event["pid"] == c.pid and event["dport"] == 8092
+        assert "NETWARDEN" not in pair.a.run("iptables", "-S").stdout
+        assert "NETWARDEN" not in pair.a.run("ip6tables", "-S").stdout
+        assert "netwarden" not in pair.a.run("nft", "list", "tables").stdout

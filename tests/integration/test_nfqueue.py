@@ -70,7 +70,7 @@ def test_trap_gets_the_pid_of_every_matching_connection(
     pair, port = web
     b = pair.b
     hold = HoldChild(b, tmp_path, queue=queue_num(), only_dport=port)
-    chain = b.run("iptables", "-S", "NETWARDEN_HOLD").stdout
+    chain = b.run("iptables", "-S", f"NETWARDEN_HOLD_{queue_num()}").stdout
     assert "--queue-bypass" in chain and "NFQUEUE" in chain
     runs = [curl(b, f"http://{pair.a4}:{port}/small") for _ in range(20)]
     # a connection that does not match passes without a lookup

@@ -104,10 +104,24 @@ def _remove_chain(tool: str, chain: str = CHAIN) -> bool:
     return True
 
 
-def cleanup(chain: str = CHAIN) -> int:
-    """Remove what a crashed run left (our chain and the jumps to it, IPv4 and IPv6).
-    Returns how many chains were removed."""
-    return sum(_remove_chain(tool, chain) for tool in _TOOLS.values())
+def _hold_chains(tool: str) -> list[str]:
+    """Every hold chain (``NETWARDEN_HOLD`` and ``NETWARDEN_HOLD_<queue>``) in the table."""
+    if shutil.which(tool) is None:
+        return []
+    lines = _run(tool, "-t", TABLE, "-S", check=False).stdout.splitlines()
+    names = [ln.split()[1] for ln in lines if ln.startswith("-N ") and len(ln.split()) == 2]
+    return [n for n in names if n == CHAIN or n.startswith(CHAIN + "_")]
+
+
+def cleanup(chain: str | None = None) -> int:
+    """Remove what crashed runs left: ``chain``, or every hold chain, and the jumps to it,
+    IPv4 and IPv6 (while no other hold runs: it removes theirs too). Returns how many chains
+    were removed."""
+    removed = 0
+    for tool in _TOOLS.values():
+        for name in [chain] if chain is not None else _hold_chains(tool):
+            removed += _remove_chain(tool, name)
+    return removed
 
 
 def _nft_table_exists(family: int) -> bool | None:
@@ -194,7 +208,7 @@ class Hold:
 
     def __init__(
         self,
-        queue: int = DEFAULT_QUEUE,
+        queue: int | None = None,
         *,
         tcp: bool = True,
         udp: bool = False,
@@ -208,7 +222,10 @@ class Hold:
         local_addrs: Iterable[bytes] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.queue = queue
+        #: None: the first free queue from DEFAULT_QUEUE on (so several holds can run at once,
+        #: each with its own chain NETWARDEN_HOLD_<queue>)
+        self.queue = DEFAULT_QUEUE if queue is None else queue
+        self._pick_queue = queue is None
         self.tcp = tcp
         self.udp = udp
         self.ipv6 = ipv6
@@ -275,18 +292,28 @@ class Hold:
             self.close()
             raise
 
+    @property
+    def chain(self) -> str:
+        """This hold's own iptables chain."""
+        return f"{CHAIN}_{self.queue}"
+
     def _bind(self) -> None:
         nl = NetlinkSocket(NETLINK_NETFILTER, rcvbuf=self.rcvbuf)
         self._nl = nl
-        try:
-            seq = nl.next_seq()
-            nl.request(nfq_cmd(seq, self.queue, NFQNL_CFG_CMD_BIND), seq, what="nfqueue bind")
-        except NetlinkError as exc:
-            if exc.errno in (1, 16):  # EPERM (another socket owns it), EBUSY
-                raise RuntimeFailure(
-                    f"NFQUEUE {self.queue} is bound by another program; choose another number"
-                ) from exc
-            raise
+        tries = 64 if self._pick_queue else 1
+        for attempt in range(tries):
+            try:
+                seq = nl.next_seq()
+                nl.request(nfq_cmd(seq, self.queue, NFQNL_CFG_CMD_BIND), seq, what="nfqueue bind")
+                break
+            except NetlinkError as exc:
+                if exc.errno not in (1, 16):  # EPERM (another socket owns it), EBUSY
+                    raise
+                if attempt + 1 == tries:
+                    raise RuntimeFailure(
+                        f"NFQUEUE {self.queue} is bound by another program; choose another number"
+                    ) from exc
+                self.queue += 1  # taken (another trap?): the next one
         flags = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_UID_GID | NFQA_CFG_F_GSO
         # conntrack attributes need CONFIG_NETFILTER_NETLINK_GLUE_CT: without them the
         # conntrack backend matches held packets by their 5-tuple instead of the ct id
@@ -322,17 +349,17 @@ class Hold:
                 continue
             existed = _nft_table_exists(fam)
             self._created_table[fam] = existed is False
-            _remove_chain(tool)  # a crashed run's leftovers
-            _run(tool, "-t", TABLE, "-N", CHAIN)
+            _remove_chain(tool, self.chain)  # a crashed run's leftovers on this queue
+            _run(tool, "-t", TABLE, "-N", self.chain)
             self._rules.append(fam)
             for spec in rule_specs(self.queue, tcp=self.tcp, udp=self.udp):
-                _run(tool, "-t", TABLE, "-A", CHAIN, *spec)
-            _run(tool, "-t", TABLE, "-I", "OUTPUT", "1", "-j", CHAIN)
+                _run(tool, "-t", TABLE, "-A", self.chain, *spec)
+            _run(tool, "-t", TABLE, "-I", "OUTPUT", "1", "-j", self.chain)
 
     def _remove_rules(self) -> None:
         for fam in self._rules:
             try:
-                _remove_chain(_TOOLS[fam])
+                _remove_chain(_TOOLS[fam], self.chain)
                 if self._created_table.get(fam):
                     _drop_empty_table(fam)
             except Exception as exc:
