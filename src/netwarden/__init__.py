@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from netwarden.events import Event
 
 if TYPE_CHECKING:
-    from netwarden.capture.packets import ReplaySource, SniffSource
+    from netwarden.capture.packets import ReplaySource
 
 __version__ = "0.1.0"
 __all__ = ["Event", "__version__", "events", "replay"]
@@ -23,15 +23,14 @@ def events(
     filter: str | None = None,
     iface: str | None = None,
     all_netns: bool = False,
-    **options: Any,
-) -> SniffSource:
-    """An iterator of :class:`Event` from a live backend.
+) -> Any:
+    """An iterator of :class:`Event` from a live backend (``auto``: ebpf, conntrack, sniff).
 
     It has ``fileno()`` (readable when events are ready), ``stop()``, ``close()``, and works
-    as a context manager. This version has the ``sniff`` backend (``auto`` picks it).
+    as a context manager. A filter expression or an interface means the packet backend.
     """
-    from netwarden.capture.packets import SniffSource
-    from netwarden.errors import MissingCapability, UsageError
+    from netwarden.errors import UsageError
+    from netwarden.pipeline import open_backend
 
     if backend not in ("auto", "sniff", "ebpf", "conntrack"):
         raise UsageError(
@@ -40,11 +39,7 @@ def events(
             value=backend,
             allowed="auto, ebpf, conntrack, sniff",
         )
-    if backend in ("ebpf", "conntrack") or all_netns:
-        raise MissingCapability(
-            f"backend {backend!r} / all_netns is not in this version", "use backend='sniff'"
-        )
-    return SniffSource(iface, filter, **options)
+    return open_backend(backend, iface=iface, filter_expr=filter, all_netns=all_netns)
 
 
 def replay(path: str, filter: str | None = None, **options: Any) -> ReplaySource:
