@@ -23,7 +23,15 @@ from netwarden.config import Config
 from netwarden.detect.policy import Policy, PolicyConfig
 from netwarden.detect.scan import DetectorConfig, ScanDetector
 from netwarden.errors import NetwardenError
-from netwarden.events import Event, EventType, ProcessInfo, Proto, ScanInfo, ScanKind
+from netwarden.events import (
+    Direction,
+    Event,
+    EventType,
+    ProcessInfo,
+    Proto,
+    ScanInfo,
+    ScanKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +67,23 @@ def block_event(block: Any, kind: EventType, scan: Event | None, now: float) -> 
             window=scan.scan.window,
             until=block.until,
             allowed=False,
+            probes=scan.scan.probes,
         )
         proto, ipproto, process = scan.proto, scan.ipproto, scan.process
+        direction = scan.direction
     else:
         info = ScanInfo(
             scanner=addr, kind=ScanKind.MANUAL, ports=tuple(block.ports), until=block.until
         )
         proto, ipproto, process = Proto.IP, 0, ProcessInfo()
+        direction = Direction.IN  # a block is always of a remote source
     return Event(
         ts=now,
         event=kind,
         proto=proto,
         ipproto=ipproto,
         family=addr.version,
+        direction=direction,
         src=addr,
         dst=None,
         process=process,

@@ -109,6 +109,7 @@ def check_scan(e: dict[str, Any], scanner: str, target: str, *, allowed: bool) -
 def check_block(b: dict[str, Any], scan: dict[str, Any], seconds: float) -> None:
     assert b["scanner"] == scan["scanner"] and b["src"] == scan["scanner"]
     assert b["kind"] == "port" and b["ports"] == scan["ports"] and b["allowed"] is False
+    assert b["direction"] == "in" and b["probes"] == scan["probes"]
     assert b["until"] == pytest.approx(b["ts"] + seconds, abs=2.0)
 
 
@@ -329,7 +330,7 @@ def test_expiry_rescan_escalation_and_unblock(lab: Lab, tmp_path: Path) -> None:
         assert lab.scan.call(tcp_try, lab.srv4, 80) == "timeout"
         # expiry: the kernel drops the element, the daemon reports it
         expired = d.wait_event("unblock", timeout=10, scanner=lab.scan4)
-        assert expired["ts"] >= block["until"] - 0.1
+        assert expired["ts"] >= block["until"] - 0.1 and expired["direction"] == "in"
         assert expired["until"] == pytest.approx(block["until"], abs=0.01)
         assert blocked4(lab) == {}
         assert lab.scan.call(tcp_try, lab.srv4, 80) == "ok"
