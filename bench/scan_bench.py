@@ -22,7 +22,8 @@ nmap
     probe (by first-SYN time), on the nft path and on XDP.
 flood
     ``hping3 --rand-source -S --flood`` at port 80 for ``--flood-seconds``: the daemon's RSS
-    (peak VmHWM, and VmRSS over time), CPU, packets captured and dropped by the kernel;
+    (peak VmHWM, VmRSS over time, by mapping), flows, CPU, packets captured and dropped by
+    the kernel; then its clean stop (time, RSS while it ends every flow and writes stats);
     then the XDP program under the same flood with its threshold counting every spoofed
     source: nanoseconds per packet (kernel.bpf_stats_enabled, switched back off after).
 
@@ -73,6 +74,7 @@ import netwarden.act.libnftables as libnftables
 import netwarden.capture.afpacket as afpacket
 import netwarden.defense as defense
 import netwarden.detect.policy as policy
+import netwarden.pipeline as pipeline
 
 trace = open(os.environ["NW_TRACE"], "a", buffering=1)
 
@@ -101,6 +103,7 @@ traced(policy.Policy, "decide", "decide")
 traced(blocker.Blocker, "block", "block")
 traced(blocker.Blocker, "_write", "state_file")
 traced(libnftables.Nft, "run", "nft")
+traced(pipeline.Pipeline, "tick", "tick")
 if sys.argv[1] != "-":
     tov = int(sys.argv[1])
     _init = afpacket.RingCapture.__init__
@@ -283,10 +286,10 @@ class Daemon:
                 continue
         return out
 
-    def stop(self) -> str:
+    def stop(self, timeout: float = 60.0) -> str:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        self.proc.wait(timeout)
         self._out.close()
         self._err.close()
         return self.err_path.read_text()
@@ -338,7 +341,9 @@ def stages(trace: list[dict[str, Any]], t_probe: float) -> dict[str, float]:
     - ``block_to_nft``: ``Blocker.block`` up to the nft call (lock, reading blocks.json);
     - ``nft``: the libnftables transaction (the block is in effect when it returns);
     - ``state_file``: writing blocks.json after (fsync; not on the way to the effect);
-    - ``total_to_nft``: the probe to the end of the transaction.
+    - ``total_to_nft``: the probe to the end of the transaction;
+    - ``tick``: how much of that time the periodic work (``Pipeline.tick`` on the ticker
+      thread: store flush, flow snapshots, expiry; it holds the pipeline's lock) overlapped.
     """
     ms = 1000.0
     batch = next(
@@ -375,6 +380,14 @@ def stages(trace: list[dict[str, Any]], t_probe: float) -> dict[str, float]:
             out["block_to_nft"] = (nft["t0"] - block["t0"]) * ms
             out["nft"] = (nft["t1"] - nft["t0"]) * ms
             out["total_to_nft"] = (nft["t1"] - t_probe) * ms
+            out["tick"] = (
+                sum(
+                    max(0.0, min(r["t1"], nft["t1"]) - max(r["t0"], t_probe))
+                    for r in trace
+                    if r["fn"] == "tick"
+                )
+                * ms
+            )
         if state is not None:
             out["state_file"] = (state["t1"] - state["t0"]) * ms
     return {k: round(v, 3) for k, v in out.items()}
@@ -519,6 +532,8 @@ class Flood:
     flows: int | None = None  # flows the daemon saw (netwarden_flows_total)
     flows_evicted: int | None = None  # ended early because the flow table was full
     kb_per_flow: float | None = None  # (RSS at the end - idle RSS) / flows still open
+    stop_seconds: float = 0.0  # SIGTERM to exit
+    rss_stop_peak_mb: float = 0.0  # peak RSS (VmHWM) by the end of the stop (ends, stats.json)
     xdp_ns_per_packet: float | None = None
     xdp_ns_per_packet_threshold_off: float | None = None
     xdp_packets: int | None = None
@@ -627,8 +642,19 @@ def flood(lab: BenchLab, work: Path, seconds: float) -> Flood:
         by_kind = _smaps_mb(pid)
         m = _metrics(lab, 9794)
         scans, blocks = len(d.events("scan")), len(d.events("block"))
+        # the clean stop: every open flow ends, stats.json is written (by remote address)
+        t_stop = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        stop_peak = 0.0
+        while d.proc.poll() is None and time.monotonic() - t_stop < 600:
+            try:
+                stop_peak = max(stop_peak, _status_kb(pid, "VmHWM") / 1024)
+            except OSError:
+                break
+            time.sleep(0.5)
     finally:
-        err = d.stop()
+        err = d.stop(600)
+    stop_seconds = time.monotonic() - t_stop
     captured = dropped = None
     for line in err.splitlines():
         if line.endswith("packets captured"):
@@ -648,6 +674,8 @@ def flood(lab: BenchLab, work: Path, seconds: float) -> Flood:
         blocks=blocks,
         rss_by_kind_mb=by_kind,
         rss_idle_mb=round(idle, 1),
+        stop_seconds=round(stop_seconds, 1),
+        rss_stop_peak_mb=round(stop_peak, 1),
     )
     flows = m.get("netwarden_flows_total")
     evicted = m.get('netwarden_events_dropped_total{stage="flow_table"}', 0.0)
@@ -701,6 +729,37 @@ def _stats(trials: list[Trial]) -> dict[str, Any]:
     }
 
 
+def report(results: dict[str, Any]) -> None:
+    """The tables, from what ran."""
+    print()
+    print(f"{'path':<38} {'effect ms: median (min-max)':<30} {'detect ms':>10} {'after':>6}")
+    for s in results.get("latency", []):
+        eff = f"{s['effect_ms_median']} ({s['effect_ms_min']}-{s['effect_ms_max']})"
+        print(f"{s['path']:<38} {eff:<30} {s['detect_ms_median']!s:>10} "
+              f"{s['answered_after_median']:>6}")  # fmt: skip
+        if s["stages_ms_median"]:
+            stages = ", ".join(f"{k} {v}" for k, v in s["stages_ms_median"].items())
+            print(f"    stages, median ms: {stages}")
+    for r in results.get("nmap", []):
+        print(f"nmap {r['path']:<33} answered {r['answered_total']}/{r['ports_probed']}, "
+              f"{r['answered_after_threshold']} after the threshold, {r['seconds']} s")  # fmt: skip
+    f = results.get("flood")
+    if f is None:
+        return
+    print(
+        f"flood: RSS idle {f['rss_idle_mb']} MB, peak {f['rss_peak_mb']} MB, end "
+        f"{f['rss_end_mb']} MB {f['rss_by_kind_mb']}; {f['flows']} flows "
+        f"({f['flows_evicted']} evicted), {f['kb_per_flow']} KB per open flow; CPU "
+        f"{f['cpu_s']} s; sent {f['packets_sent']}, captured {f['captured']}, kernel drops "
+        f"{f['dropped_by_kernel']}; stop {f['stop_seconds']} s, RSS while stopping "
+        f"{f['rss_stop_peak_mb']} MB"
+    )
+    print(
+        f"XDP ({f['xdp_mode']}) under the flood: {f['xdp_ns_per_packet_threshold_off']} "
+        f"ns/packet threshold off, {f['xdp_ns_per_packet']} ns/packet counting"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--trials", type=int, default=5)
@@ -708,7 +767,11 @@ def main() -> int:
     ap.add_argument("--probes", type=int, default=3000, help="SYNs per latency trial")
     ap.add_argument("--flood-seconds", type=float, default=30.0)
     ap.add_argument("--out", type=Path, default=OUT / "scan.json")
+    ap.add_argument(
+        "--only", default="latency,nmap,flood", help="parts to run (default: %(default)s)"
+    )
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     if os.geteuid() != 0:
         print("scan_bench: needs root (namespaces, XDP)", file=sys.stderr)
         return 3
@@ -716,47 +779,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nw-scan-bench-") as tmp, BenchLab() as lab:
         work = Path(tmp)
         lab.serve()
-        print("latency: threshold probe -> block in effect", flush=True)
-        all_trials: list[Trial] = []
-        for tov in (None, 1):
-            all_trials += latency_daemon(lab, work, args.trials, args.interval_us,
-                                         args.probes, tov)  # fmt: skip
-        all_trials += latency_xdp(lab, work, args.trials, args.interval_us, 200)
-        paths: dict[str, list[Trial]] = {}
-        for t in all_trials:
-            paths.setdefault(t.path, []).append(t)
-        results["latency"] = [_stats(ts) for ts in paths.values()]
-        results["latency_trials"] = [asdict(t) for t in all_trials]
-        print("nmap -sS -p 1-1000 -T5", flush=True)
-        results["nmap"] = [asdict(r) for r in nmap_runs(lab, work)]
-        print(f"flood: hping3 --rand-source -S --flood, {args.flood_seconds:g} s", flush=True)
-        results["flood"] = asdict(flood(lab, work, args.flood_seconds))
+        if "latency" in parts:
+            print("latency: threshold probe -> block in effect", flush=True)
+            all_trials: list[Trial] = []
+            for tov in (None, 1):
+                all_trials += latency_daemon(lab, work, args.trials, args.interval_us,
+                                             args.probes, tov)  # fmt: skip
+            all_trials += latency_xdp(lab, work, args.trials, args.interval_us, 200)
+            paths: dict[str, list[Trial]] = {}
+            for t in all_trials:
+                paths.setdefault(t.path, []).append(t)
+            results["latency"] = [_stats(ts) for ts in paths.values()]
+            results["latency_trials"] = [asdict(t) for t in all_trials]
+        if "nmap" in parts:
+            print("nmap -sS -p 1-1000 -T5", flush=True)
+            results["nmap"] = [asdict(r) for r in nmap_runs(lab, work)]
+        if "flood" in parts:
+            print(f"flood: hping3 --rand-source -S --flood, {args.flood_seconds:g} s", flush=True)
+            results["flood"] = asdict(flood(lab, work, args.flood_seconds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print()
-    print(f"{'path':<38} {'effect ms: median (min-max)':<30} {'detect ms':>10} {'after':>6}")
-    for s in results["latency"]:
-        eff = f"{s['effect_ms_median']} ({s['effect_ms_min']}-{s['effect_ms_max']})"
-        print(f"{s['path']:<38} {eff:<30} {s['detect_ms_median']!s:>10} "
-              f"{s['answered_after_median']:>6}")  # fmt: skip
-        if s["stages_ms_median"]:
-            parts = ", ".join(f"{k} {v}" for k, v in s["stages_ms_median"].items())
-            print(f"    stages, median ms: {parts}")
-    for r in results["nmap"]:
-        print(f"nmap {r['path']:<33} answered {r['answered_total']}/{r['ports_probed']}, "
-              f"{r['answered_after_threshold']} after the threshold, {r['seconds']} s")  # fmt: skip
-    f = results["flood"]
-    print(
-        f"flood: RSS idle {f['rss_idle_mb']} MB, peak {f['rss_peak_mb']} MB, end "
-        f"{f['rss_end_mb']} MB {f['rss_by_kind_mb']}; {f['flows']} flows "
-        f"({f['flows_evicted']} evicted), {f['kb_per_flow']} KB per open flow; CPU "
-        f"{f['cpu_s']} s; sent {f['packets_sent']}, captured {f['captured']}, kernel drops "
-        f"{f['dropped_by_kernel']}"
-    )
-    print(
-        f"XDP ({f['xdp_mode']}) under the flood: {f['xdp_ns_per_packet_threshold_off']} "
-        f"ns/packet threshold off, {f['xdp_ns_per_packet']} ns/packet counting"
-    )
+    report(results)
     print(f"written to {args.out}")
     return 0
 
