@@ -672,3 +672,24 @@ def test_cgroup2_is_mounted_when_none_is(
         c.stop()
     finally:
         subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_fileno_wakes_for_a_single_record(bpf_object: Path, ns: Netns) -> None:
+    """fileno() is for event loops: readable as soon as one record waits (the default
+    wake-up mark batches records for iteration), then poll() gives the events."""
+    import select
+
+    from netwarden.capture.ebpf import EbpfSource
+
+    src = EbpfSource(netns=netns_inode(ns), obj_path=bpf_object, poll_interval=30)
+    try:
+        assert src.wakeup_bytes > 0
+        fd = src.fileno()
+        assert src.wakeup_bytes == 0
+        py(ns, SEND9_PY)
+        ready, _, _ = select.select([fd], [], [], 5)
+        assert ready
+        got = src.poll()
+        assert [e.event for e in got if e.dport == 9][:1] == [EventType.NEW]
+    finally:
+        src.close()

@@ -473,6 +473,10 @@ def test_header_constants_match() -> None:
     hooks = sorted((v, k) for k, v in defs.items() if k.startswith("NW_H_"))
     assert [v for v, _ in hooks] == list(range(len(R.HOOK_NAMES)))
     assert defs["NW_NHOOKS"] == len(R.HOOK_NAMES)
+    assert (defs["NW_CTL_MODE"], defs["NW_CTL_SNAPSHOT"], defs["NW_CTL_FLUSH"]) == (
+        R.CTL_MODE, R.CTL_SNAPSHOT, R.CTL_FLUSH,
+    )  # fmt: skip
+    assert (defs["NW_CTL_FLOWS"], defs["NW_CTL_WAKEUP"]) == (R.CTL_FLOWS, R.CTL_WAKEUP)
     assert defs["NW_NSTATS"] == len(R.STAT_NAMES)
 
 

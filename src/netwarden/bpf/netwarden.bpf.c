@@ -79,10 +79,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, NW_CTL_N);
 	__type(key, __u32);
 	__type(value, __u64);
-} nw_ctl SEC(".maps"); /* [0] flush mode (NW_CTL_*), [1] the flow counter */
+} nw_ctl SEC(".maps"); /* NW_CTL_MODE, NW_CTL_FLOWS, NW_CTL_WAKEUP */
 
 /* per socket: its process, and for TCP the flow's counters */
 struct nw_sock {
@@ -120,6 +120,19 @@ struct {
 	__type(key, struct nw_flow_key);
 	__type(value, struct nw_flow);
 } nw_flows SEC(".maps");
+
+/* processes that records were written for lately (the reader has them cached) */
+struct nw_proc_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 start_boottime;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct nw_proc_key);
+	__type(value, __u8);
+} nw_seen SEC(".maps");
 
 /* packet sockets' flows by their tuple seen from the local end: the flow's key (to count
  * the replies, which reach no socket of the flow) */
@@ -199,7 +212,7 @@ static __always_inline void stat_add(__u32 hook, __u32 what)
 
 static __always_inline __u64 next_flow(void)
 {
-	__u32 k = 1;
+	__u32 k = NW_CTL_FLOWS;
 	__u64 *v = bpf_map_lookup_elem(&nw_ctl, &k);
 
 	if (!v)
@@ -302,9 +315,29 @@ static __always_inline struct nw_record *reserve(__u32 hook)
 	return r;
 }
 
+/* The reader is woken once NW_CTL_WAKEUP bytes wait (0: for every record); below that it
+ * finds the records when it next looks (it looks every poll interval). A process's first
+ * record wakes it at once, so that it reads /proc while a short-lived process is there. */
 static __always_inline void submit(struct nw_record *r, __u32 hook)
 {
-	bpf_ringbuf_submit(r, 0);
+	__u32 k = NW_CTL_WAKEUP;
+	__u64 *wake = bpf_map_lookup_elem(&nw_ctl, &k);
+	__u64 flags = 0;
+
+	if (wake && *wake && bpf_ringbuf_query(&nw_events, BPF_RB_AVAIL_DATA) < *wake) {
+		flags = BPF_RB_NO_WAKEUP;
+		if (r->id.tgid) {
+			struct nw_proc_key pk = {.tgid = r->id.tgid,
+						 .start_boottime = r->id.start_boottime};
+			__u8 one = 1;
+
+			if (!bpf_map_lookup_elem(&nw_seen, &pk)) {
+				bpf_map_update_elem(&nw_seen, &pk, &one, BPF_ANY);
+				flags = BPF_RB_FORCE_WAKEUP;
+			}
+		}
+	}
+	bpf_ringbuf_submit(r, flags);
 	stat_add(hook, NW_S_EVENTS);
 }
 
@@ -1546,7 +1579,7 @@ int nw_flush(struct bpf_iter__bpf_sk_storage_map *ctx)
 	struct sock *sk = ctx->sk;
 	struct nw_sock *s = ctx->value;
 	struct nw_record r;
-	__u32 k = 0;
+	__u32 k = NW_CTL_MODE;
 	__u64 *mode;
 
 	if (!sk || !s || s->state != NW_SK_OPEN)

@@ -59,9 +59,13 @@
 #define NW_S_ERRORS 3 /* storage or map updates that failed (state not kept) */
 #define NW_NSTATS 4
 
-/* nw_ctl[0]: what the flush iterator does */
+/* nw_ctl: the control array's slots */
+#define NW_CTL_MODE 0   /* what the flush iterator does: */
 #define NW_CTL_SNAPSHOT 0 /* report open flows, leave them open */
 #define NW_CTL_FLUSH 1    /* report open flows and mark them ended */
+#define NW_CTL_FLOWS 1  /* the flow counter */
+#define NW_CTL_WAKEUP 2 /* wake the reader once this many bytes of records wait (0: always) */
+#define NW_CTL_N 3
 
 struct nw_ident {
 	__u32 tgid;  /* process id */

@@ -50,9 +50,14 @@ from netwarden.errors import MissingCapability, RuntimeFailure
 from netwarden.events import Attribution, Direction, Event, EventType, ProcessInfo, Proto, Source
 from netwarden.stats.flows import Timeouts
 from netwarden.wire.ebpf_records import (
+    CTL_FLUSH,
+    CTL_MODE,
+    CTL_SNAPSHOT,
+    CTL_WAKEUP,
     DIR_IN,
     DIR_LOCAL,
     F_HIDDEN,
+    F_NO_OWNER,
     F_PACKET,
     F_RAW,
     FLOW_SIZE,
@@ -62,6 +67,7 @@ from netwarden.wire.ebpf_records import (
     REC_PROBE,
     REC_RELEASE,
     RECORD_SIZE,
+    RECORD_STRUCT,
     STAT_NAMES,
     Counters,
     Record,
@@ -71,6 +77,7 @@ from netwarden.wire.ebpf_records import (
     decode_record,
     decode_records,
     decode_stats,
+    family_of,
     flow_key,
 )
 
@@ -110,6 +117,8 @@ PROGRAMS: Final[dict[str, tuple[str, str, bool]]] = {
 }
 
 _TCP: Final = 6
+_AF_INET: Final = 2
+_AF_INET6: Final = 10
 _UDP: Final = 17
 _ICMP: Final = 1
 _ICMPV6: Final = 58
@@ -117,8 +126,8 @@ _ICMPV6: Final = 58
 _PORTED: Final = frozenset((6, 17, 132, 136))
 #: records of flows kept in the kernel's datagram flow table (not TCP sockets' storage)
 _F_MAPPED: Final = F_RAW | F_PACKET
-_NW_CTL_SNAPSHOT: Final = 0
-_NW_CTL_FLUSH: Final = 1
+#: records the fast path of EbpfSource._drain leaves to the full one
+_F_SLOW: Final = F_RAW | F_PACKET | F_HIDDEN | F_NO_OWNER
 _FAILED_PROG = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
 
 # capability bits (linux/capability.h)
@@ -254,6 +263,50 @@ def _event(
     return e
 
 
+def _flow_event(
+    rtype: int,
+    proto: int,
+    af: int,
+    rdir: int,
+    lport: int | None,
+    rport: int | None,
+    netns: int,
+    ts_ns: int,
+    laddr: bytes,
+    raddr: bytes,
+    tx_bytes: int,
+    rx_bytes: int,
+    tx_pkts: int,
+    rx_pkts: int,
+    first_ns: int,
+    last_ns: int,
+    wall_offset_ns: int,
+    flow_id: str | None,
+    process: ProcessInfo,
+) -> Event:
+    """The event of a ``new``/``end`` record, from its fields (see :func:`make_event`)."""
+    local = address(laddr)
+    remote = address(raddr)
+    family = family_of(af, raddr)
+    ts = (ts_ns + wall_offset_ns) / 1e9
+    if proto not in _PORTED:
+        lport = rport = None
+    is_end = rtype == REC_END
+    attribution = _KERNEL if process.pid is not None else _NONE
+    duration = max(0, last_ns - first_ns) / 1e9 if is_end else None
+    kind = EventType.END if is_end else EventType.NEW
+    if rdir == DIR_IN:
+        return _event(
+            ts, kind, proto, family, remote, local, rport, lport, flow_id, Direction.IN,
+            rx_bytes, tx_bytes, rx_pkts, tx_pkts, duration, netns, process, attribution,
+        )  # fmt: skip
+    return _event(
+        ts, kind, proto, family, local, remote, lport, rport, flow_id,
+        Direction.LOCAL if rdir == DIR_LOCAL else Direction.OUT,
+        tx_bytes, rx_bytes, tx_pkts, rx_pkts, duration, netns, process, attribution,
+    )  # fmt: skip
+
+
 def make_event(
     rec: Record,
     *,
@@ -268,32 +321,19 @@ def make_event(
     (echo identifier or message type) is in the record's ports.
     """
     c = rec.counters
-    local = address(rec.laddr)
-    remote = address(rec.raddr)
-    ported = rec.proto in _PORTED
-    lport = rec.lport if ported else None
-    rport = rec.rport if ported else None
-    ts = (rec.ts_ns + wall_offset_ns) / 1e9
     if rec.type == REC_PROBE:
+        ported = rec.proto in _PORTED
         return _event(
-            ts, EventType.PROBE, rec.proto, rec.family, remote, local, rport, lport, None,
+            (rec.ts_ns + wall_offset_ns) / 1e9, EventType.PROBE, rec.proto, rec.family,
+            address(rec.raddr), address(rec.laddr), rec.rport if ported else None,
+            rec.lport if ported else None, None,
             Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.IN,
             c.rx_bytes, 0, c.rx_pkts, 0, None, rec.netns, _NO_PROCESS, _NONE,
         )  # fmt: skip
-    is_end = rec.type == REC_END
-    attribution = _KERNEL if process.pid is not None else _NONE
-    duration = max(0, c.last_ns - c.first_ns) / 1e9 if is_end else None
-    kind = EventType.END if is_end else EventType.NEW
-    if rec.dir == DIR_IN:
-        return _event(
-            ts, kind, rec.proto, rec.family, remote, local, rport, lport, flow_id,
-            Direction.IN, c.rx_bytes, c.tx_bytes, c.rx_pkts, c.tx_pkts, duration, rec.netns,
-            process, attribution,
-        )  # fmt: skip
-    return _event(
-        ts, kind, rec.proto, rec.family, local, remote, lport, rport, flow_id,
-        Direction.LOCAL if rec.dir == DIR_LOCAL else Direction.OUT,
-        c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts, duration, rec.netns, process, attribution,
+    return _flow_event(
+        rec.type, rec.proto, rec.af, rec.dir, rec.lport, rec.rport, rec.netns, rec.ts_ns,
+        rec.laddr, rec.raddr, c.tx_bytes, c.rx_bytes, c.tx_pkts, c.rx_pkts, c.first_ns,
+        c.last_ns, wall_offset_ns, flow_id, process,
     )  # fmt: skip
 
 
@@ -342,7 +382,9 @@ class EbpfSource:
     flow ends (UDP's, ICMP's, or the generic one; checked every ``sweep_interval``
     seconds). ``proc`` reads /proc for exe, cmdline, unit and container (``enrich=False``:
     only what the kernel captured). ``cgroup_root``: where the cgroup v2 hierarchy is
-    (found or mounted when not given).
+    (found or mounted when not given). ``wakeup_bytes``: the kernel wakes the reader once
+    that many bytes of records wait (default an eighth of the ring; iteration also looks
+    every ``poll_interval``); :meth:`fileno` sets it to 0 (woken for every record).
     """
 
     def __init__(
@@ -359,9 +401,13 @@ class EbpfSource:
         proc: ProcReader | None = None,
         enrich: bool = True,
         cgroup_root: str | None = None,
+        wakeup_bytes: int | None = None,
     ) -> None:
         if ring_size < 4096 or ring_size & (ring_size - 1):
             raise ValueError("ring_size must be a power of two of at least 4096")
+        # woken for every record, a reader spends more on waking than on records: the
+        # kernel wakes it once an eighth of the ring waits, and it looks every poll interval
+        self.wakeup_bytes = ring_size // 8 if wakeup_bytes is None else wakeup_bytes
         if not _has_caps():
             raise MissingCapability(
                 "the eBPF backend needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
@@ -437,6 +483,7 @@ class EbpfSource:
             self._stats_fd = self._obj.map("nw_stats").fd
             self._ctl_fd = self._obj.map("nw_ctl").fd
             self._socks_fd = self._obj.map("nw_socks").fd
+            self._set_ctl(CTL_WAKEUP, self.wakeup_bytes)
         except BaseException:
             self.close()
             raise
@@ -550,9 +597,18 @@ class EbpfSource:
                 link.destroy()
 
     # ------------------------------------------------------------------ the loop
+    def _set_ctl(self, slot: int, value: int) -> None:
+        assert self._obj is not None
+        self._obj.update(self._ctl_fd, struct.pack("<I", slot), struct.pack("<Q", value))
+
     def fileno(self) -> int:
-        if self._rb is None:
+        """A descriptor readable when records wait (for an event loop; then call
+        :meth:`poll`). From the first call on, the kernel wakes it for every record."""
+        if self._rb is None or self._obj is None:
             raise ValueError("source closed")
+        if self.wakeup_bytes:
+            self.wakeup_bytes = 0
+            self._set_ctl(CTL_WAKEUP, 0)
         return self._rb.epoll_fd()
 
     def stop(self) -> None:
@@ -562,20 +618,16 @@ class EbpfSource:
     def __iter__(self) -> Iterator[Event]:
         self._enter()
         try:
-            timeout_ms = max(1, int(self.poll_interval * 1000))
             while not self._stopping:
-                rb = self._rb
-                if rb is None:
+                if self._closed or not self._wait(self.poll_interval):
                     return
-                rb.poll(timeout_ms)
                 yield from self._drain()
                 now = time.monotonic()
                 if now - self._last_sweep >= self.sweep_interval:
                     self._last_sweep = now
                     yield from self._sweep()
-            if self._rb is None:
+            if not self._wait(0):
                 return
-            self._rb.consume()
             yield from self._drain()
             yield from self.flush()
         finally:
@@ -585,9 +637,8 @@ class EbpfSource:
         """Events ready within ``timeout`` seconds (for callers with their own loop)."""
         self._enter()
         try:
-            if self._rb is None:
+            if not self._wait(timeout):
                 return []
-            self._rb.poll(max(0, int(timeout * 1000)))
             out = list(self._drain())
             now = time.monotonic()
             if now - self._last_sweep >= self.sweep_interval:
@@ -596,6 +647,15 @@ class EbpfSource:
             return out
         finally:
             self._leave()
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a wake-up; then the records can be drained (also
+        those below the wake-up mark). False when the source is closed."""
+        if self._rb is not None:
+            if self._rb.poll(max(0, int(timeout * 1000))) == 0:
+                self._rb.consume()
+            return True
+        return False
 
     def _enter(self) -> None:
         with self._lock:
@@ -620,9 +680,37 @@ class EbpfSource:
         # the ring buffer's callback appends to this very list (it runs only inside poll)
         raw = self._raw[:]
         self._raw.clear()
+        yield from self._records(raw)
+
+    def _records(self, raw: list[bytes]) -> Iterator[Event]:
         wall = time.time_ns() - time.monotonic_ns()
+        unpack = RECORD_STRUCT.unpack_from
+        pcache = self._pcache
+        prefix = self._prefix
+        self.records += len(raw)
         for buf in raw:
-            self.records += 1
+            # the common record, a TCP flow's new or end whose process is known, straight
+            # from its fields (no Record, Ident and Counters objects, no names decoded)
+            if len(buf) == RECORD_SIZE:
+                f = unpack(buf)
+                if (
+                    f[1] == _TCP
+                    and not f[5] & _F_SLOW
+                    and (f[0] == REC_NEW or f[0] == REC_END)
+                    and (f[2] == _AF_INET or f[2] == _AF_INET6)
+                    and f[3] <= DIR_LOCAL
+                ):
+                    pkey = (f[15], f[22])
+                    process = pcache.get(pkey)
+                    if process is not None:
+                        pcache.move_to_end(pkey)
+                        self.events += 1
+                        yield _flow_event(
+                            f[0], f[1], f[2], f[3], f[6], f[7], f[9], f[10], f[13], f[14],
+                            f[25], f[26], f[27], f[28], f[29], f[30], wall,
+                            f"{prefix}-{f[12]:x}", process,
+                        )  # fmt: skip
+                        continue
             try:
                 if len(buf) != RECORD_SIZE:
                     raise RecordError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
@@ -792,7 +880,7 @@ class EbpfSource:
             return []
         from netwarden.capture.libbpf import BpfError
 
-        self._obj.update(self._ctl_fd, struct.pack("<I", 0), struct.pack("<Q", mode))
+        self._set_ctl(CTL_MODE, mode)
         link = None
         try:
             link = self._obj.program("nw_flush").attach_iter_map(self._socks_fd)
@@ -816,7 +904,7 @@ class EbpfSource:
         if self._obj is None:
             return
         wall = time.time_ns() - time.monotonic_ns()
-        for rec in self._iter_open_tcp(_NW_CTL_FLUSH):
+        for rec in self._iter_open_tcp(CTL_FLUSH):
             if rec.netns and self.netns is not None and rec.netns != self.netns:
                 continue
             ev = make_event(
@@ -842,7 +930,7 @@ class EbpfSource:
         snapshot for callers that report progress; nothing is emitted or changed)."""
         wall = time.time_ns() - time.monotonic_ns()
         out = []
-        for rec in self._iter_open_tcp(_NW_CTL_SNAPSHOT):
+        for rec in self._iter_open_tcp(CTL_SNAPSHOT):
             ev = make_event(
                 rec,
                 wall_offset_ns=wall,
@@ -926,6 +1014,7 @@ class EbpfSource:
         if self._rb is not None:
             self._rb.free()
             self._rb = None
+
         for link in self._links:
             link.destroy()
         self._links.clear()

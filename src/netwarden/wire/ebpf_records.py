@@ -14,6 +14,11 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, NamedTuple
 
 __all__ = [
+    "CTL_FLOWS",
+    "CTL_FLUSH",
+    "CTL_MODE",
+    "CTL_SNAPSHOT",
+    "CTL_WAKEUP",
     "DIR_IN",
     "DIR_LOCAL",
     "DIR_OUT",
@@ -28,6 +33,7 @@ __all__ = [
     "F_RAW",
     "HOOK_NAMES",
     "RECORD_SIZE",
+    "RECORD_STRUCT",
     "REC_END",
     "REC_NEW",
     "REC_PROBE",
@@ -41,6 +47,7 @@ __all__ = [
     "decode_record",
     "decode_records",
     "decode_stats",
+    "family_of",
     "flow_key",
 ]
 
@@ -61,6 +68,13 @@ F_FINAL: Final = 0x08
 F_RAW: Final = 0x10  # a raw IP or ICMP (ping) socket's flow
 F_PACKET: Final = 0x20  # a packet (AF_PACKET) socket's flow
 F_ECHO: Final = 0x40  # an ICMP echo flow
+
+# the control array's slots (NW_CTL_*)
+CTL_MODE: Final = 0  # what the flush iterator does: CTL_SNAPSHOT or CTL_FLUSH
+CTL_SNAPSHOT: Final = 0
+CTL_FLUSH: Final = 1
+CTL_FLOWS: Final = 1  # the flow counter
+CTL_WAKEUP: Final = 2  # wake the reader once this many bytes of records wait (0: always)
 
 #: Hook names by index (NW_H_*), as used in the per-hook counters.
 HOOK_NAMES: Final[tuple[str, ...]] = (
@@ -99,6 +113,12 @@ _RECORD = struct.Struct(
     "<BBBBBBH HHI QQQ 16s16s " + _IDENT_FMT + " " + _COUNTERS_FMT
 )  # fmt: skip
 RECORD_SIZE: Final = _RECORD.size  # 192
+#: The record's layout, for a reader that takes the hot fields itself. ``unpack_from`` gives:
+#: 0 type, 1 proto, 2 af, 3 dir, 4 hook, 5 flags, 6 lport, 7 rport, 9 netns, 10 ts_ns,
+#: 11 cookie, 12 flow, 13 laddr, 14 raddr, 15 tgid, 16 tid, 17 ppid, 18 uid, 19 gid,
+#: 21 cgroup_id, 22 start_boottime, 23 comm, 24 pcomm, 25..30 the counters (tx_bytes,
+#: rx_bytes, tx_pkts, rx_pkts, first_ns, last_ns). Nothing is validated: see decode_record.
+RECORD_STRUCT: Final = _RECORD
 
 # struct nw_flow_key: cookie raddr[16] rport proto pad[5]
 _FLOW_KEY = struct.Struct("<Q16sHB5x")
@@ -165,7 +185,7 @@ class Record(NamedTuple):
     @property
     def family(self) -> int:
         """4 or 6: IPv4 when the addresses are IPv4(-mapped), as on the wire."""
-        return 4 if self.af == AF_INET or self.raddr[:12] == _V4_PREFIX else 6
+        return family_of(self.af, self.raddr)
 
     @property
     def hidden(self) -> bool:
@@ -176,6 +196,12 @@ class Record(NamedTuple):
         return HOOK_NAMES[self.hook] if self.hook < len(HOOK_NAMES) else f"hook{self.hook}"
 
 
+def family_of(af: int, raddr: bytes) -> int:
+    """4 or 6: IPv4 when the socket is or the remote address is IPv4(-mapped)."""
+    return 4 if af == AF_INET or raddr[:12] == _V4_PREFIX else 6
+
+
+@lru_cache(maxsize=4096)
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
