@@ -219,7 +219,7 @@ class Config:
     flush_interval: float = 1.0
     dump_listen: str | None = None
     dump_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
-    max_flows: int = 262144
+    max_flows: int = 65536
     buffer_size: int = 16384
     snaplen: int = 512
 

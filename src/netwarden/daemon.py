@@ -351,7 +351,14 @@ def _run(
         from netwarden.stats.names import NameCache
 
         names = NameCache()
-        options: dict[str, Any] = {"snaplen": cfg.snaplen, "buffer_kib": cfg.buffer_size}
+        options: dict[str, Any] = {
+            "snaplen": cfg.snaplen,
+            "buffer_kib": cfg.buffer_size,
+            "max_flows": cfg.max_flows,
+            # a block is handed over when full or after this long: with --block, the time
+            # from a scanner's threshold probe to its block (50 ms would be 20 ms on average)
+            "block_timeout_ms": 2 if cfg.block else 10,
+        }
         if cfg.backend in ("sniff", "auto"):
             from netwarden.stats.packets import PayloadInspector
 
@@ -409,12 +416,13 @@ def _run(
         def tick(now: float) -> None:
             if watcher.changed():
                 addrs = local_addresses()
-                table = getattr(source, "table", None)
-                if table is not None:
-                    table.local_addrs = addrs
-                if hasattr(source, "local_addrs"):
-                    source.local_addrs = addrs
-                defense.set_own_addresses(addrs)
+                with pipeline.lock:
+                    table = getattr(source, "table", None)
+                    if table is not None:
+                        table.local_addrs = addrs
+                    if hasattr(source, "local_addrs"):
+                        source.local_addrs = addrs
+                    defense.set_own_addresses(addrs)
                 log.info("this host's addresses changed: %d now", len(addrs))
             pipeline.tick(now)
             if flags.usr1:
@@ -439,8 +447,7 @@ def _run(
         def ticker() -> None:
             while not done.wait(0.5):
                 try:
-                    with lock:
-                        tick(time.time())
+                    tick(time.time())  # takes the pipeline's lock where it needs it
                 except Exception:  # the outermost loop of this thread: log, keep going
                     log.exception("periodic work failed")
 

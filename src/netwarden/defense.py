@@ -15,6 +15,7 @@ blocks are still reported.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -36,11 +37,19 @@ from netwarden.events import (
 log = logging.getLogger(__name__)
 
 
-def make_policy(cfg: Config, own_addresses: Iterable[bytes] = ()) -> Policy:
+def make_policy(
+    cfg: Config, own_addresses: Iterable[bytes] = (), clock: Callable[[], float] = time.monotonic
+) -> Policy:
     from netwarden.hostaddrs import established_peers
 
+    cache: list[Any] = [0.0, frozenset()]
+
     def has_established(addr: Any) -> bool:
-        return bool(addr.packed in established_peers())
+        # reading /proc/net/tcp{,6} costs milliseconds on a busy host: at most once a second
+        now = clock()
+        if now - cache[0] > 1.0:
+            cache[0], cache[1] = now, frozenset(established_peers())
+        return bool(addr.packed in cache[1])
 
     return Policy(
         PolicyConfig(

@@ -30,6 +30,8 @@ BACKEND_ORDER = ("ebpf", "conntrack", "sniff")
 SNAPSHOT_INTERVAL = 2.0
 RETENTION_INTERVAL = 3600.0
 STATS_FILE = "stats.json"
+#: stats.json and the dump cover at most this many of the most recent flows
+STATS_FLOWS = 100_000
 
 
 def open_backend(
@@ -194,28 +196,37 @@ class Pipeline:
 
     # ---------------------------------------------------------------- periodic
     def tick(self, now: float) -> None:
-        if self.defense is not None:
-            self._now = max(self._now, now)
-            self.defense.tick(self._now)
-        if self.store is None:
-            return
-        if now >= self._next_snapshot:
-            table = getattr(self.source, "table", None)
-            open_flows = getattr(self.source, "open_tcp_flows", None)
-            if table is not None:
-                for snap in table.active_since(self._last_snapshot):
-                    self.store.add_flow_snapshot(snap)
-            elif open_flows is not None:
-                # the eBPF backend: the kernel's counters so far for every open TCP flow
-                for ev in open_flows():
-                    self.store.add_flow_snapshot(replace(ev, duration=max(0.0, now - ev.ts)))
-            self._last_snapshot = now
-            self._next_snapshot = now + SNAPSHOT_INTERVAL
-        if now >= self._next_flush:
-            self.store.flush()
-            self._next_flush = now + self.cfg.flush_interval
-        if now >= self._next_retention:
-            self._next_retention = now + RETENTION_INTERVAL
+        """The periodic work. It takes :attr:`lock` for the in-memory part only: the store's
+        I/O happens outside it, so the event loop never waits for the disk."""
+        taken = None
+        retain = False
+        with self.lock:
+            if self.defense is not None:
+                self._now = max(self._now, now)
+                self.defense.tick(self._now)
+            if self.store is None:
+                return
+            if now >= self._next_snapshot:
+                table = getattr(self.source, "table", None)
+                open_flows = getattr(self.source, "open_tcp_flows", None)
+                if table is not None:
+                    for snap in table.active_since(self._last_snapshot):
+                        self.store.add_flow_snapshot(snap)
+                elif open_flows is not None:
+                    # the eBPF backend: the kernel's counters so far for every open TCP flow
+                    for ev in open_flows():
+                        self.store.add_flow_snapshot(replace(ev, duration=max(0.0, now - ev.ts)))
+                self._last_snapshot = now
+                self._next_snapshot = now + SNAPSHOT_INTERVAL
+            if now >= self._next_flush:
+                taken = self.store.take()
+                self._next_flush = now + self.cfg.flush_interval
+            if now >= self._next_retention:
+                self._next_retention = now + RETENTION_INTERVAL
+                retain = True
+        if taken is not None:
+            self.store.write(taken)
+        if retain:
             deleted = self.store.retain(self.cfg.retention, self.cfg.db_max_mb * 1024 * 1024)
             if deleted:
                 log.info("retention: %d old rows deleted", deleted)
@@ -225,10 +236,12 @@ class Pipeline:
         """Net::Connection::Sniffer's dump: header fields and the ``--by ip`` rows."""
         now = time.time() if now is None else now
         if self.store is not None:
-            self.store.flush()
-            rows = aggregate(
-                self.store.flows(FlowFilter(since=self.stats_start)), "ip", names=self.names.lookup
-            )
+            with self.lock:
+                taken = self.store.take()
+            self.store.write(taken)
+            # bounded: the most recent STATS_FLOWS flows (a spoofed flood makes millions)
+            flows = self.store.flows(FlowFilter(since=self.stats_start, limit=STATS_FLOWS))
+            rows = aggregate(flows, "ip", names=self.names.lookup)
         else:
             rows = []
         minutes = max((now - self.stats_start) / 60.0, 1.0 / 60.0)
@@ -247,8 +260,7 @@ class Pipeline:
     def write_stats(self) -> str:
         path = os.path.join(self.state_dir, STATS_FILE)
         tmp = path + ".tmp"
-        with self.lock:
-            stats = self.stats()
+        stats = self.stats()
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=1)
             f.write("\n")

@@ -234,7 +234,7 @@ def test_an_unanswered_end_upgrades_the_attempt_and_can_trigger() -> None:
     det = ScanDetector()
     assert play(det, ports_script([1, 2, 3])) == []  # 6 points
     # the flow to port 2 ends unanswered (a dropped SYN): 2 -> 3 points, 7 > 6
-    out = det.feed(ev(END, dport=2, resp_pkts=0, duration=30.0), 31.0)
+    out = det.feed(ev(END, dport=2, resp_pkts=0, duration=30.0, ts=31.0), 31.0)
     assert out == [scan(31.0, ScanKind.PORT, (1, 2, 3), probes=3)]
 
 
@@ -267,11 +267,11 @@ def test_which_ends_are_failed_attempts(proto: str, orig: int, resp: int, failed
 def test_an_end_without_its_new_counts_at_its_start() -> None:
     det = ScanDetector()
     # a flow that began at 5 and ended unanswered at 100: it began outside the window
-    assert det.feed(ev(END, dport=3, resp_pkts=0, duration=95.0), 100.0) == []
+    assert det.feed(ev(END, dport=3, resp_pkts=0, duration=95.0, ts=100.0), 100.0) == []
     assert det.stats()["entries"] == 0
     play(det, ports_script([1, 2], t0=100.0))  # 4 points
     # a flow that began at 101 and ended unanswered at 102: 3 points more, 7 > 6
-    assert det.feed(ev(END, dport=4, resp_pkts=0, duration=1.0), 102.0) == [
+    assert det.feed(ev(END, dport=4, resp_pkts=0, duration=1.0, ts=102.0), 102.0) == [
         scan(102.0, ScanKind.PORT, (1, 2, 4), probes=3)
     ]
 
@@ -633,3 +633,15 @@ def test_a_slow_syn_scan_through_the_flow_table() -> None:
     assert [(t, s.scan) for t, s in out] == [
         (40.0, ScanInfo(SCANNER, ScanKind.PORT, (21, 23, 25), 1, 60.0, probes=3))
     ]
+
+
+def test_an_end_reported_late_counts_at_the_flow_start() -> None:
+    """The packet backend reports a RST-ended flow ~2 s after its last packet: the attempt
+    belongs to the flow's start, not to the report time minus the duration."""
+    det = ScanDetector(DetectorConfig(scan_window=2.0))
+    # ports 1 and 2 at 0.0 and 1.25 (answered by RST), their ends reported 2.2 s later
+    assert det.feed(ev(NEW, dport=1, ts=0.0), 0.0) == []
+    assert det.feed(ev(NEW, dport=2, ts=1.25), 1.25) == []
+    assert det.feed(ev(END, dport=1, resp_pkts=1, duration=0.0, ts=0.0), 2.2) == []
+    # port 3 at 2.5: port 1's attempt (at 0.0) has left the 2 s window
+    assert det.feed(ev(NEW, dport=3, ts=2.5), 2.5) == []

@@ -127,6 +127,8 @@ class SniffSource(_EventSource):
         poll_interval: float = 0.2,
         inspector: PayloadInspector | None = None,
         buffer_kib: int = 65536,
+        block_timeout_ms: int = 50,
+        max_flows: int = 262144,
     ) -> None:
         from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
         from netwarden.hostaddrs import local_addresses
@@ -138,6 +140,7 @@ class SniffSource(_EventSource):
             snaplen=snaplen,
             block_size=1 << 20,
             block_count=max(2, buffer_kib // 1024),
+            block_timeout_ms=block_timeout_ms,
         )
         super().__init__(
             Source.SNIFF,
@@ -146,6 +149,7 @@ class SniffSource(_EventSource):
             tcp_connections_only=tcp_connections_only,
             iface_name=self.ring.ifname,
             inspector=inspector,
+            max_flows=max_flows,
         )
         self.iface = iface
         self.poll_interval = poll_interval

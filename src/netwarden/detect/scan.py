@@ -274,7 +274,8 @@ class ScanDetector:
         if is_end:
             # the outcome of an attempt counted at its ``new``, or an attempt at its start
             points = self._end_points(e)
-            at = now - (e.duration or 0.0)
+            # an end event's ts is the flow's last packet: the attempt was at its start
+            at = min(e.ts, now) - (e.duration or 0.0)
             if at < now - self._window:
                 return []
         else:

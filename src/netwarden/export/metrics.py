@@ -113,7 +113,8 @@ class Metrics:
             children[1].inc()
             if e.ipproto == 6:
                 self.new_connections.inc()
-        elif kind is EventType.SCAN and e.scan is not None:
+        elif kind is EventType.SCAN and e.scan is not None and not e.scan.summary:
+            # a detection; the periodic summaries of a known scanner are not new ones
             self.scans.labels(kind=str(e.scan.kind)).inc()
         elif kind is EventType.PROBE:
             self.probes.inc()

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -175,6 +176,9 @@ class Store:
         self._pending_flows: dict[str, Event] = {}
         self._pending_events: list[tuple[Any, ...]] = []
         self.written = 0
+        #: one connection, used from several threads (the daemon's loop, its ticker, the
+        #: dump trigger): every statement runs under this lock
+        self._db = threading.RLock()
         self.conn = self._open()
 
     # ------------------------------------------------------------------ open / migrate
@@ -259,15 +263,21 @@ class Store:
         """A flow's counters so far (freshness for long flows): same as a ``new``."""
         self.add(e)
 
-    def flush(self) -> int:
-        """Write everything buffered in one transaction; returns the rows written."""
-        if not self._pending_flows and not self._pending_events:
-            return 0
-        flows = [_flow_row(e) for e in self._pending_flows.values()]
+    def take(self) -> tuple[list[Event], list[tuple[Any, ...]]]:
+        """Hand over what is buffered (cheap: the caller may hold its own lock)."""
+        flows = list(self._pending_flows.values())
         events = self._pending_events
         self._pending_flows = {}
         self._pending_events = []
-        with self.conn:
+        return flows, events
+
+    def write(self, taken: tuple[list[Event], list[tuple[Any, ...]]]) -> int:
+        """Write what :meth:`take` handed over, in one transaction; returns the rows."""
+        flow_events, events = taken
+        if not flow_events and not events:
+            return 0
+        flows = [_flow_row(e) for e in flow_events]
+        with self._db, self.conn:
             if flows:
                 self.conn.executemany(_UPSERT, flows)
             if events:
@@ -279,17 +289,21 @@ class Store:
         self.written += n
         return n
 
+    def flush(self) -> int:
+        """Write everything buffered in one transaction; returns the rows written."""
+        return self.write(self.take())
+
     def retain(self, max_age: float, max_bytes: int | None = None, now: float | None = None) -> int:
         """Delete rows older than ``max_age`` seconds; then trim the oldest flows while the
         database is larger than ``max_bytes``. Returns the rows deleted."""
         now = time.time() if now is None else now
         cut = now - max_age
-        with self.conn:
+        with self._db, self.conn:
             n = self.conn.execute("DELETE FROM flows WHERE last < ?", (cut,)).rowcount
             n += self.conn.execute("DELETE FROM events WHERE ts < ?", (cut,)).rowcount
         if max_bytes is not None:
             while self.size() > max_bytes:
-                with self.conn:
+                with self._db, self.conn:
                     deleted = self.conn.execute(
                         "DELETE FROM flows WHERE flow IN "
                         "(SELECT flow FROM flows ORDER BY last LIMIT 10000)"
@@ -351,9 +365,11 @@ class Store:
         sql += " ORDER BY last"
         if f.limit is not None:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(f.limit)}) ORDER BY _last"
-        self.conn.create_function("nw_in_range", 3, _in_range, deterministic=True)
         out = []
-        for r in self.conn.execute(sql, args):
+        with self._db:
+            self.conn.create_function("nw_in_range", 3, _in_range, deterministic=True)
+            rows = self.conn.execute(sql, args).fetchall()
+        for r in rows:
             d = dict(r)
             del d["_last"]
             out.append(d)
@@ -372,7 +388,9 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts"
-        return [json.loads(r[0]) for r in self.conn.execute(sql, args)]
+        with self._db:
+            rows = self.conn.execute(sql, args).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def integrity(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
