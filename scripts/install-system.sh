@@ -6,7 +6,7 @@ PKGS=(
   iproute2 iptables nftables libnftables1 procps util-linux
   libpcap0.8 libpcap0.8-dev tcpdump tshark
   libbpf1 libbpf-dev bpftool clang llvm
-  nmap curl dnsutils socat ethtool
+  nmap curl dnsutils socat ethtool iputils-ping hping3 gcc liburing-dev
   chromium chromium-driver
 )
 missing=()
