@@ -208,6 +208,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--detach", action="store_true", help="go to the background (pidfile in the state dir)"
     )
+    g.add_argument(
+        "--xdp",
+        action="append",
+        metavar="IFACE",
+        help="with --block: the XDP fast path on IFACE (repeatable): blocked sources dropped "
+        "before the stack, scanners blocked in the kernel at the threshold probe",
+    )
+    g.add_argument(
+        "--xdp-mode",
+        choices=("auto", "native", "generic"),
+        help="how XDP attaches (auto: native where the driver can)",
+    )
 
 
 def _add_query_flags(p: argparse.ArgumentParser) -> None:
@@ -538,6 +550,10 @@ _RUN_KEYS = (
     "exec",
     "all_netns",
     "state_dir",
+    "snaplen",
+    "buffer_size",
+    "xdp",
+    "xdp_mode",
 )
 
 

@@ -181,6 +181,16 @@ def _cidrs(v: object, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ifaces(v: object, key: str) -> tuple[str, ...]:
+    items = [x for x in re.split(r"[,\s]+", v) if x] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise ConfigError("not a list of interface names", option=key, value=v, allowed='["eth0"]')
+    for name in items:
+        if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+            raise ConfigError("not an interface name", option=key, value=name)
+    return tuple(items)
+
+
 def _listen(v: object, key: str) -> str:
     try:
         parse_listen(str(v), key)
@@ -222,6 +232,8 @@ class Config:
     max_flows: int = 65536
     buffer_size: int = 16384
     snaplen: int = 512
+    xdp: tuple[str, ...] = ()
+    xdp_mode: str = "auto"
 
     def effective_state_dir(self) -> str:
         return self.state_dir or default_state_dir()
@@ -251,6 +263,8 @@ SCHEMA: dict[str, Callable[[object, str], Any]] = {
     "max_flows": _int(1024, 1 << 24),
     "buffer_size": _int(2048, 1 << 22),
     "snaplen": _int(64, 262144),
+    "xdp": _ifaces,
+    "xdp_mode": _choice("auto", "native", "generic"),
 }
 assert set(SCHEMA) == {f.name for f in fields(Config)}
 

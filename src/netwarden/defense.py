@@ -100,6 +100,29 @@ def block_event(block: Any, kind: EventType, scan: Event | None, now: float) -> 
     )
 
 
+def xdp_scan_event(d: Any, detector: ScanDetector) -> Event:
+    """A ``scan`` event for a crossing of the XDP threshold (the kernel saw the ports)."""
+    proto = Proto.from_number(d.ipproto)
+    return Event(
+        ts=d.at,
+        event=EventType.SCAN,
+        proto=proto,
+        ipproto=d.ipproto,
+        family=d.src.version,
+        src=d.src,
+        dst=d.dst,
+        direction=Direction.IN,
+        scan=ScanInfo(
+            scanner=d.src,
+            kind=ScanKind.PORT,
+            ports=tuple(sorted(d.ports))[:32],
+            targets=1,
+            window=detector.config.scan_window,
+            probes=len(d.ports),
+        ),
+    )
+
+
 class Defense:
     def __init__(
         self,
@@ -139,7 +162,34 @@ class Defense:
                     self.emit(block_event(b, EventType.UNBLOCK, None, b.until or 0.0))
                 if started.restored:
                     log.warning("restored %d blocks from the state dir", len(started.restored))
+        self.xdp: list[Any] = []
+        if self.blocking and cfg.xdp:
+            self._attach_xdp(cfg, own_addresses, list(self.blocker.blocks()))
         self._known = {b.addr: b for b in self._blocks()}
+
+    def _attach_xdp(self, cfg: Config, own: Iterable[bytes], restored: list[Any]) -> None:
+        """The XDP fast path on each ``--xdp`` interface: the blocked sources dropped before
+        the stack, and the in-kernel threshold that blocks a scanner at its threshold probe
+        (then reported here through :meth:`tick`). A failure is one line; nft still blocks."""
+        from netwarden.act.xdp import MAX_SCAN_PORTS, XdpBlocker
+
+        allow = [*cfg.allow, "127.0.0.0/8", "::1/128"]
+        if not cfg.no_allow_self:
+            allow += [str(ip_address(a)) for a in own]
+        for iface in cfg.xdp:
+            try:
+                x = XdpBlocker(iface, mode=cfg.xdp_mode).attach()
+                x.set_allow(allow)
+                x.configure(
+                    scan_ports=cfg.scan_ports if cfg.scan_ports <= MAX_SCAN_PORTS else None,
+                    window=cfg.scan_window,
+                    block_for=cfg.block_for or None,
+                )
+                x.sync(restored)
+            except NetwardenError as exc:
+                log.error("XDP on %s unavailable, nftables blocks alone: %s", iface, exc)
+                continue
+            self.xdp.append(x)
 
     def _blocks(self) -> list[Any]:
         try:
@@ -176,9 +226,22 @@ class Defense:
             return
         self.blocks_applied += 1
         self._known[blk.addr] = blk
+        for x in self.xdp:
+            try:
+                x.block(blk.net, blk.until)
+            except NetwardenError as exc:
+                log.error("XDP block of %s on %s: %s", blk.addr, x.iface, exc)
         self.emit(block_event(blk, EventType.BLOCK, decision.event, now))
 
     def tick(self, now: float) -> None:
+        for x in self.xdp:
+            # scanners the kernel already dropped at their threshold probe
+            try:
+                for d in x.poll(0):
+                    self._scan(xdp_scan_event(d, self.detector), now)
+                x.expire()
+            except NetwardenError as exc:
+                log.error("XDP on %s: %s", x.iface, exc)
         for scan in self.detector.tick(now):
             self._scan(scan, now)
         if self.blocking:
@@ -198,6 +261,11 @@ class Defense:
 
     def _unblocked(self, b: Any, now: float) -> None:
         self._known.pop(b.addr, None)
+        for x in self.xdp:
+            try:
+                x.unblock(b.net)
+            except NetwardenError as exc:
+                log.error("XDP unblock of %s on %s: %s", b.addr, x.iface, exc)
         self.detector.forget(b.net if b.net.num_addresses > 1 else b.net.network_address)
         self.emit(block_event(b, EventType.UNBLOCK, None, now))
 
@@ -205,6 +273,11 @@ class Defense:
         self.policy.set_own_addresses([ip_address(a) for a in addrs])
 
     def close(self) -> None:
+        for x in self.xdp:
+            try:
+                x.detach()
+            except NetwardenError as exc:
+                log.error("XDP detach from %s: %s", x.iface, exc)
         if self.blocking:
             try:
                 self.blocker.close()

@@ -136,8 +136,12 @@ def test_service_reachable(lab: Lab, tmp_path: Path) -> None:
             assert d.of("new", src=src, dport=UDP_PORT, proto="udp")
             assert d.of("new", src=src, proto="icmpv6" if ":" in src else "icmp")
         assert nft_table_exists(lab.srv)
-        assert nft_elements(lab.srv) == {"blocked4": {}, "blocknet4": {}, "blocked6": {},
-                                         "blocknet6": {}}  # fmt: skip
+        assert nft_elements(lab.srv) == {
+            "blocked4": {},
+            "blocknet4": {},
+            "blocked6": {},
+            "blocknet6": {},
+        }
         assert not d.of("scan") and not d.of("block")
         stop_clean(d)
 
@@ -165,8 +169,9 @@ def test_slow_scan_not_flagged(lab: Lab, tmp_path: Path) -> None:
         # 1.75 s between probes any 3 s holds at most 2, also with the daemon's batching.
         # (The window is longer than the flow table's 2 s linger after a RST: see the note
         # on ScanDetector and END events in the report.)
-        slow = nmap(lab.scan, "-sS", "--scan-delay", "1750ms", "--max-retries", "0",
-                    "-p", ports, lab.srv4)  # fmt: skip
+        slow = nmap(
+            lab.scan, "-sS", "--scan-delay", "1750ms", "--max-retries", "0", "-p", ports, lab.srv4
+        )
         assert slow.answered() == 5, slow
         assert slow.elapsed > 6.5
         time.sleep(2.5)  # the last flows end (their outcome can upgrade a score)
@@ -209,8 +214,17 @@ def test_fast_scan_blocked_others_unaffected(lab: Lab, tmp_path: Path, kind: str
         assert lab.scan.call(udp_try, lab.srv4, UDP_PORT) == "timeout"
         assert lab.scan.call(ping_try, lab.srv4) == "timeout"
         # a second scan finds nothing open
-        again = nmap(lab.scan, "-sS", "--max-retries", "0", "--max-rtt-timeout", "50ms",
-                     "-p", "20-30,80,443", lab.srv4)  # fmt: skip
+        again = nmap(
+            lab.scan,
+            "-sS",
+            "--max-retries",
+            "0",
+            "--max-rtt-timeout",
+            "50ms",
+            "-p",
+            "20-30,80,443",
+            lab.srv4,
+        )
         assert again.answered() == 0 and again.counts["filtered"] == 13
         # everyone else is unaffected: another namespace, another address of the scanner's
         assert lab.other.call(tcp_try, lab.srv_o4, 80) == "ok"
@@ -276,8 +290,17 @@ def test_stealth_scans_detected_and_dropped(lab: Lab, tmp_path: Path, kind: str)
         d.wait_event("block", scanner=lab.scan4)
         before = nft_drops(lab.srv)
         # the same probes again: no answers at all now (closed ports would send RSTs)
-        again = nmap(lab.scan, kind, "--max-retries", "0", "--max-rtt-timeout", "50ms",
-                     "-p", "1-50", lab.srv4)  # fmt: skip
+        again = nmap(
+            lab.scan,
+            kind,
+            "--max-retries",
+            "0",
+            "--max-rtt-timeout",
+            "50ms",
+            "-p",
+            "1-50",
+            lab.srv4,
+        )
         assert again.counts["closed"] == 0 and again.counts["open|filtered"] == 50
         assert nft_drops(lab.srv) >= before + 50
         assert lab.other.call(tcp_try, lab.srv_o4, 22) == "ok"
@@ -291,8 +314,7 @@ def test_allowlisted_source_logged_not_blocked(lab: Lab, tmp_path: Path) -> None
         scan = d.wait_event("scan", scanner=lab.scan4)
         check_scan(scan, lab.scan4, lab.srv4, allowed=True)
         # the same scan from the scanner's other address (not allowlisted) is blocked
-        nmap(lab.scan, "-sS", *FAST, "-S", lab.scan4b, "-e", lab.scan_if, "-p", "1-300",
-             lab.srv4)  # fmt: skip
+        nmap(lab.scan, "-sS", *FAST, "-S", lab.scan4b, "-e", lab.scan_if, "-p", "1-300", lab.srv4)
         d.wait_event("block", scanner=lab.scan4b)
         assert not d.of("block", scanner=lab.scan4)
         assert set(blocked4(lab)) == {lab.scan4b}
@@ -383,8 +405,7 @@ def test_kill_9_then_restart_restores_the_block(lab: Lab, tmp_path: Path) -> Non
         assert lab.scan.call(tcp_try, lab.srv4, 80) == "timeout"
         assert lab.other.call(tcp_try, lab.srv_o4, 80) == "ok"
         # and it works: a new scanner is detected and blocked by the restarted daemon
-        nmap(lab.scan, "-sS", *FAST, "-S", lab.scan4b, "-e", lab.scan_if, "-p", "1-300",
-             lab.srv4)  # fmt: skip
+        nmap(lab.scan, "-sS", *FAST, "-S", lab.scan4b, "-e", lab.scan_if, "-p", "1-300", lab.srv4)
         b2 = d2.wait_event("block", scanner=lab.scan4b)
         assert b2["until"] == pytest.approx(b2["ts"] + 60, abs=1.0)
         assert set(blocked4(lab)) == {lab.scan4, lab.scan4b}
@@ -438,3 +459,45 @@ def test_exec_hook_gets_the_event(lab: Lab, tmp_path: Path) -> None:
     assert json.loads(env["NETWARDEN_JSON"]) == block
     env = got["unblock"]["env"]
     assert env["NETWARDEN_EVENT"] == "unblock" and env["NETWARDEN_SCANNER"] == lab.scan4
+
+
+# --------------------------------------------------------------------------- XDP
+def test_xdp_fast_path_blocks_at_the_threshold_probe(lab: Lab, tmp_path: Path) -> None:
+    """`run --block --xdp IFACE`: the kernel drops the scanner from its threshold probe on,
+    the daemon reports the scan and the block (nft too), and a clean exit detaches XDP."""
+    from netwarden.doctor import check_xdp
+
+    if not check_xdp().ok:
+        pytest.skip("no eBPF here for XDP")
+
+    def xdp_progs() -> list[Any]:
+        out = json.loads(lab.srv.run("/usr/sbin/bpftool", "-j", "net", "show").stdout)
+        return [x for entry in out for x in entry.get("xdp", [])]
+
+    with daemon(lab.srv, tmp_path, 9787, "--block", "--xdp", lab.srv_if) as d:
+        assert [p["devname"] for p in xdp_progs()] == [lab.srv_if], d.err
+        res = nmap(
+            lab.scan,
+            "-sS",
+            "-T5",
+            "--max-retries",
+            "0",
+            "--max-rtt-timeout",
+            "50ms",
+            "--host-timeout",
+            "60s",
+            "-p",
+            "1-1000",
+            lab.srv4,
+        )
+        # more than --scan-ports (3) distinct ports: the 4th probe is dropped in the kernel
+        assert res.answered() <= 3, res
+        scan = d.wait_event("scan", scanner=lab.scan4)
+        assert scan["kind"] == "port" and len(scan["ports"]) == 4
+        block = d.wait_event("block", scanner=lab.scan4)
+        assert block["until"] is not None
+        assert lab.scan4 in blocks_json(d)
+        assert lab.scan.call(tcp_try, lab.srv4, 80) == "timeout"
+        assert lab.other.call(tcp_try, lab.srv_o4, 80) == "ok"
+        stop_clean(d)
+    assert xdp_progs() == []

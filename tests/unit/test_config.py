@@ -75,7 +75,13 @@ def test_missing_file_and_bad_env(tmp_path: Path) -> None:
 
 def test_durations_and_times() -> None:
     assert [parse_duration(x) for x in ("30s", "5m", "2h", "7d", "90", "0")] == [
-        30, 300, 7200, 604800, 90, 0]  # fmt: skip
+        30,
+        300,
+        7200,
+        604800,
+        90,
+        0,
+    ]
     with pytest.raises(UsageError):
         parse_duration("-5")
     assert parse_time("1700000000", "--since") == 1700000000
@@ -90,3 +96,38 @@ def test_listen_parse_and_dump_roundtrip(tmp_path: Path) -> None:
     c = load(file=None, env={}, flags={"allow": ["192.0.2.0/24"], "exec": 'echo "hi"'})
     c2 = load(file=write(tmp_path, dump(c)), env={})
     assert c2 == c
+
+
+def test_every_config_key_of_run_comes_from_its_flag() -> None:
+    from netwarden.cli import _RUN_KEYS, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--snaplen",
+            "1500",
+            "-B",
+            "4096",
+            "--xdp",
+            "eth0",
+            "--xdp",
+            "eth1",
+            "--xdp-mode",
+            "generic",
+            "--scan-ports",
+            "7",
+            "--block",
+        ]
+    )
+    from netwarden.cli import _config
+
+    args.config = None
+    c = _config(args)
+    assert (c.snaplen, c.buffer_size, c.xdp, c.xdp_mode) == (
+        1500,
+        4096,
+        ("eth0", "eth1"),
+        "generic",
+    )
+    assert c.scan_ports == 7 and c.block is True
+    assert {"snaplen", "buffer_size", "xdp", "xdp_mode"} <= set(_RUN_KEYS)
