@@ -15,7 +15,6 @@ blocks are still reported.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -37,20 +36,29 @@ from netwarden.events import (
 log = logging.getLogger(__name__)
 
 
+class EstablishedPeers:
+    """The peers of this namespace's established TCP connections, re-read by :meth:`refresh`
+    (the daemon's ticker, twice a second) so a block decision never waits for /proc (reading
+    /proc/net/tcp{,6} costs milliseconds on a busy host)."""
+
+    def __init__(self) -> None:
+        self.peers: frozenset[bytes] = frozenset()
+        self.refresh()
+
+    def refresh(self) -> None:
+        from netwarden.hostaddrs import established_peers
+
+        self.peers = frozenset(established_peers())
+
+    def __call__(self, addr: Any) -> bool:
+        return bool(addr.packed in self.peers)
+
+
 def make_policy(
-    cfg: Config, own_addresses: Iterable[bytes] = (), clock: Callable[[], float] = time.monotonic
+    cfg: Config,
+    own_addresses: Iterable[bytes] = (),
+    has_established: Callable[[Any], bool] | None = None,
 ) -> Policy:
-    from netwarden.hostaddrs import established_peers
-
-    cache: list[Any] = [0.0, frozenset()]
-
-    def has_established(addr: Any) -> bool:
-        # reading /proc/net/tcp{,6} costs milliseconds on a busy host: at most once a second
-        now = clock()
-        if now - cache[0] > 1.0:
-            cache[0], cache[1] = now, frozenset(established_peers())
-        return bool(addr.packed in cache[1])
-
     return Policy(
         PolicyConfig(
             allow=tuple(ip_network(a) for a in cfg.allow),
@@ -59,7 +67,7 @@ def make_policy(
             block_for=cfg.block_for,
         ),
         own_addresses=list(own_addresses),
-        has_established=has_established,
+        has_established=has_established or EstablishedPeers(),
     )
 
 
@@ -139,7 +147,8 @@ class Defense:
                 scan_ports=cfg.scan_ports, scan_hosts=cfg.scan_hosts, scan_window=cfg.scan_window
             )
         )
-        self.policy = make_policy(cfg, own_addresses)
+        self.established = EstablishedPeers()
+        self.policy = make_policy(cfg, own_addresses, self.established)
         self.blocking = cfg.block
         if blocker is None:
             from netwarden.act.blocker import Blocker
@@ -232,6 +241,10 @@ class Defense:
             except NetwardenError as exc:
                 log.error("XDP block of %s on %s: %s", blk.addr, x.iface, exc)
         self.emit(block_event(blk, EventType.BLOCK, decision.event, now))
+
+    def refresh(self) -> None:
+        """The slow reads, outside the pipeline's lock (the ticker calls it first)."""
+        self.established.refresh()
 
     def tick(self, now: float) -> None:
         for x in self.xdp:

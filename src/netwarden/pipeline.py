@@ -200,6 +200,8 @@ class Pipeline:
         I/O happens outside it, so the event loop never waits for the disk."""
         taken = None
         retain = False
+        if self.defense is not None:
+            self.defense.refresh()  # /proc reads: not under the lock
         with self.lock:
             if self.defense is not None:
                 self._now = max(self._now, now)
