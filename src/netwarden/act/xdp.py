@@ -1,7 +1,7 @@
 """The XDP fast path: drop new connections of blocked sources before the network stack, and
 drop a port scanner at its threshold probe with no user-space round trip.
 
-The program (``src/netwarden/bpf/xdp_block.bpf.c``, built by ``scripts/build-xdp.sh`` into
+The program (``src/netwarden/bpf/xdp_block.bpf.c``, built by ``scripts/build-bpf.sh`` into
 ``build/bpf/xdp_block.bpf.o``) is loaded through :mod:`netwarden.capture.libbpf` and
 attached to one interface with a BPF link: it goes away when the link is closed, and also
 when the process that attached it dies, so a crash never leaves an XDP program (nor its
@@ -51,7 +51,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -182,25 +181,9 @@ class XdpTracked:
 def find_object(path: str | os.PathLike[str] | None = None) -> str:
     """The XDP object file: ``path``, ``$NETWARDEN_XDP_OBJ``, next to the package, or the
     repository's ``build/bpf``. MissingCapability when none exists."""
-    candidates: list[Path] = []
-    if path is not None:
-        candidates.append(Path(path))
-    else:
-        env = os.environ.get("NETWARDEN_XDP_OBJ")
-        if env:
-            candidates.append(Path(env))
-        pkg = Path(__file__).resolve().parent.parent
-        candidates.append(pkg / "bpf" / OBJECT_NAME)
-        candidates.append(pkg.parent.parent / "build" / "bpf" / OBJECT_NAME)
-    for c in candidates:
-        if c.is_file():
-            return str(c)
-    raise MissingCapability(
-        f"the XDP object {OBJECT_NAME} is not built (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + ")",
-        "run scripts/build-xdp.sh (needs clang, bpftool, libbpf-dev)",
-    )
+    from netwarden.capture.libbpf import find_object as _find_object
+
+    return _find_object(OBJECT_NAME, "NETWARDEN_XDP_OBJ", "XDP", path)
 
 
 def _boot_ns() -> int:

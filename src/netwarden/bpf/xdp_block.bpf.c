@@ -5,8 +5,8 @@
  *
  * One program, `netwarden`, attached to an interface (src/netwarden/act/xdp.py loads it
  * through capture/libbpf.py and attaches it with a BPF link, so it goes away with the
- * process that attached it). Built by scripts/build-xdp.sh (and by scripts/build-bpf.sh,
- * which compiles every *.bpf.c here) into build/bpf/xdp_block.bpf.o.
+ * process that attached it). Built by scripts/build-bpf.sh, which compiles every *.bpf.c
+ * here, into build/bpf/xdp_block.bpf.o.
  *
  * What "new" means at XDP (there is no conntrack this early):
  *

@@ -42,7 +42,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -155,25 +154,9 @@ def _has_caps() -> bool:
 def find_object(path: str | os.PathLike[str] | None = None) -> str:
     """The eBPF object file: ``path``, ``$NETWARDEN_BPF_OBJ``, next to the package, or the
     repository's ``build/bpf``. MissingCapability when none exists."""
-    candidates: list[Path] = []
-    if path is not None:
-        candidates.append(Path(path))
-    else:
-        env = os.environ.get("NETWARDEN_BPF_OBJ")
-        if env:
-            candidates.append(Path(env))
-        pkg = Path(__file__).resolve().parent.parent
-        candidates.append(pkg / "bpf" / OBJECT_NAME)
-        candidates.append(pkg.parent.parent / "build" / "bpf" / OBJECT_NAME)
-    for c in candidates:
-        if c.is_file():
-            return str(c)
-    raise MissingCapability(
-        f"the eBPF object {OBJECT_NAME} is not built (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + ")",
-        "run scripts/build-bpf.sh (needs clang, bpftool, libbpf-dev)",
-    )
+    from netwarden.capture.libbpf import find_object as _find_object
+
+    return _find_object(OBJECT_NAME, "NETWARDEN_BPF_OBJ", "eBPF", path)
 
 
 # ---------------------------------------------------------------------------- records → events

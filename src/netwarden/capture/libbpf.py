@@ -469,3 +469,32 @@ class RingBuffer:
         if self.ptr is not None:
             self._lib.lib.ring_buffer__free(self.ptr)
             self.ptr = None
+
+
+def find_object(
+    name: str, env_var: str, what: str, path: str | os.PathLike[str] | None = None
+) -> str:
+    """A compiled BPF object: ``path``, ``$env_var``, next to the package
+    (``netwarden/bpf/``), or the repository's ``build/bpf``. MissingCapability when none
+    exists, saying where it looked and how to build it."""
+    from pathlib import Path
+
+    candidates: list[Path] = []
+    if path is not None:
+        candidates.append(Path(path))
+    else:
+        env = os.environ.get(env_var)
+        if env:
+            candidates.append(Path(env))
+        pkg = Path(__file__).resolve().parent.parent
+        candidates.append(pkg / "bpf" / name)
+        candidates.append(pkg.parent.parent / "build" / "bpf" / name)
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise MissingCapability(
+        f"the {what} object {name} is not built (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + ")",
+        "run scripts/build-bpf.sh (needs clang, bpftool, libbpf-dev)",
+    )
