@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -28,36 +28,15 @@ from tests.integration.ebpf_helpers import (
     Collector,
     Nft,
     Started,
-    build_object,
-    collecting,
     comm_of,
     netns_inode,
     py,
-    starting,
     wait_listening,
     within,
 )
 from tests.integration.netns import Netns, VethPair
 
 pytestmark = pytest.mark.root
-
-
-# --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def bpf_object() -> Path:
-    return build_object()
-
-
-@pytest.fixture
-def collectors(bpf_object: Path) -> Iterator[Callable[..., Collector]]:
-    with collecting(bpf_object) as make:
-        yield make
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[..., Started]]:
-    with starting() as start:
-        yield start
 
 
 # the one-shot UDP sender: one datagram, then exit (no close: the socket goes at exit)

@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,33 +25,13 @@ from tests.integration.ebpf_helpers import (
     Collector,
     Nft,
     Started,
-    build_object,
-    collecting,
     compile_c,
     netns_inode,
-    starting,
     within,
 )
 from tests.integration.netns import VethPair
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="session")
-def bpf_object() -> Path:
-    return build_object()
-
-
-@pytest.fixture
-def collectors(bpf_object: Path) -> Iterator[Callable[..., Collector]]:
-    with collecting(bpf_object) as make:
-        yield make
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[..., Started]]:
-    with starting() as start:
-        yield start
 
 
 def flows_of(c: Collector, pred: Callable[[Event], bool]) -> tuple[Event, Event]:
