@@ -290,9 +290,6 @@ def run(
     token: str | None = None,
     reload: Callable[[], Config] | None = None,
 ) -> int:
-    from netwarden.pipeline import Pipeline, open_backend, open_state
-    from netwarden.web.server import WebContext, WebServer
-
     state_dir = cfg.effective_state_dir()
     ensure_state_dir(state_dir)
     running = read_pid(state_dir)
@@ -306,18 +303,7 @@ def run(
             return rc
         printer = None
     try:
-        return _run(
-            cfg,
-            printer,
-            filter_expr,
-            token,
-            reload,
-            Pipeline,
-            open_backend,
-            open_state,
-            WebContext,
-            WebServer,
-        )
+        return _run(cfg, printer, filter_expr, token, reload)
     except NetwardenError as exc:
         _report_failure(exc)
         raise
@@ -329,12 +315,10 @@ def _run(
     filter_expr: str | None,
     token: str | None,
     reload: Callable[[], Config] | None,
-    Pipeline: Any,
-    open_backend: Any,
-    open_state: Any,
-    WebContext: Any,
-    WebServer: Any,
 ) -> int:
+    from netwarden.pipeline import Pipeline, open_backend, open_state
+    from netwarden.web.server import WebContext, WebServer
+
     state_dir = cfg.effective_state_dir()
     pidfile = PidFile(state_dir)
     flags = _Flags()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -136,10 +135,8 @@ def run(args: argparse.Namespace, flt: FlowFilter, state_dir: str) -> int:
 
     sets: list[list[dict[str, Any]]] = []
     if args.sources:
-        cfg_token = None
-        if args.token_file:
-            cfg_token = cli._token(argparse.Namespace(token_file=None), args.token_file)
-        token = cfg_token or os.environ.get("NETWARDEN_TOKEN") or None
+        # --token-file, else NETWARDEN_TOKEN (cli._token reads both)
+        token = cli._token(argparse.Namespace(token_file=None), args.token_file)
         for url in args.sources:
             sets.append(_fetch(url, args.by, flt, token))
     if not args.sources or args.local_too:
