@@ -228,6 +228,7 @@ class Defense:
                 decision.duration,
                 reason=decision.reason,
                 ports=scan.scan.ports,
+                durable=False,  # fsynced by tick(): the next event need not wait for the disk
             )
         except NetwardenError as exc:
             self.block_errors += 1
@@ -259,6 +260,7 @@ class Defense:
             self._scan(scan, now)
         if self.blocking:
             try:
+                self.blocker.sync()
                 for b in self.blocker.expire():
                     self._unblocked(b, now)
             except NetwardenError as exc:

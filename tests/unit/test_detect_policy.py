@@ -271,3 +271,35 @@ def test_an_ipv4_mapped_scanner_is_its_ipv4_address() -> None:
     assert p.decide(scan(mapped), 0.0).offence == 1
     assert p.decide(scan(SCANNER), 1.0).offence == 2
     assert p.offences(SCANNER) == p.offences(mapped) == 2
+
+
+def _reference_refusal(pol: Policy, addr: IPAddress) -> bool:
+    """Whether an address is protected, by the networks' own arithmetic (the slow way)."""
+    net = as_network(addr)
+    a = net.network_address
+    if a.is_unspecified or a.is_loopback:
+        return True
+    if any(n.version == a.version and a in n for n in pol.config.allow):
+        return True
+    return pol.config.allow_self and a in {HOST, HOST6}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0.0.0.0", "127.0.0.1", "127.255.255.254", "128.0.0.1", "10.0.0.1", "10.255.255.255",
+        "11.0.0.0", "192.0.2.10", "192.0.2.11", "::", "::1", "::2", "2001:db8::10",
+        "2001:db8::11", "fd00::1", "fdff:ffff::1", "fe00::1", "::ffff:10.1.2.3",
+        "::ffff:192.0.2.10", "::ffff:127.0.0.1", "::ffff:198.51.100.1",
+    ],
+)  # fmt: skip
+def test_the_fast_address_check_agrees_with_network_arithmetic(text: str) -> None:
+    pol = Policy(
+        PolicyConfig(allow=(ip_network("10.0.0.0/8"), ip_network("fd00::/8"))),
+        own_addresses=[HOST, HOST6],
+    )
+    addr = ip_address(text)
+    assert (pol.refusal(addr) is not None) == _reference_refusal(pol, addr)
+    d = pol.decide(scan(addr), 0.0)
+    assert d.block is not _reference_refusal(pol, addr)
+    assert d.event.scan is not None and d.event.scan.allowed is _reference_refusal(pol, addr)

@@ -416,3 +416,75 @@ def test_listing_blocks_needs_no_libnftables(tmp_path: Path, rec: Recorder, cloc
     reader = Blocker(tmp_path, clock=clock)
     assert reader.blocks() == [blk] and reader.get("192.0.2.7") == blk
     assert reader._runner is None
+
+
+class FakeSets:
+    """Stands in for the raw netlink writer (:class:`netwarden.act.nftnl.NftSets`): it
+    shares the Recorder's idea of whether the table exists."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.calls: list[tuple[str, int | None]] = []
+
+    def replace(self, addr: Any, timeout_ms: int | None) -> None:
+        if not self.rec.table:
+            raise NftError("Could not replace element: No such file or directory", "")
+        self.calls.append((str(addr), timeout_ms))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_verdict_goes_to_the_kernel_first_and_is_synced_later(
+    tmp_path: Path, rec: Recorder, clock: Clock
+) -> None:
+    sets = FakeSets(rec)
+    b = blocker(tmp_path, rec, clock, sets=sets)
+    b.start()
+    n = len(rec.commands)
+    blk = b.block("192.0.2.7", 600.0, reason="port scan", ports=[22], durable=False)
+    assert sets.calls == [("192.0.2.7", 600_000)] and len(rec.commands) == n  # no libnftables
+    assert state(tmp_path) == [blk.to_dict()]  # in the file already, fsync pending
+    assert b._unsynced
+    b.sync()
+    assert not b._unsynced
+    # the rules of the general path hold: a shorter verdict leaves the longer block alone
+    assert b.block("192.0.2.7", 60.0, durable=False) == blk and len(sets.calls) == 1
+    clock.t += 10.0
+    longer = b.block("192.0.2.7", 6000.0, reason="offence 2", durable=False)
+    assert sets.calls[-1] == ("192.0.2.7", 6_000_000) and b.blocks() == [longer]
+    # a CIDR, and a hand-made block (durable), go through libnftables or the writer as before
+    b.block("198.51.100.0/24", 60.0, durable=False)
+    assert "blocknet4 { 198.51.100.0/24 timeout 60000ms }" in rec.commands[-1]
+    b.block("192.0.2.9", 60.0)
+    assert sets.calls[-1] == ("192.0.2.9", 60_000)
+    assert [x.addr for x in b.blocks()] == ["192.0.2.7", "198.51.100.0/24", "192.0.2.9"]
+
+
+def test_a_verdict_sees_a_block_made_by_another_process(
+    tmp_path: Path, rec: Recorder, clock: Clock
+) -> None:
+    sets = FakeSets(rec)
+    daemon = blocker(tmp_path, rec, clock, sets=sets)
+    daemon.start()
+    daemon.block("192.0.2.7", 60.0, durable=False)
+    clock.t += 1.0
+    blocker(tmp_path, rec, clock).block("192.0.2.8", 7200.0, reason="by hand")  # the CLI
+    assert daemon.block("192.0.2.8", 60.0, durable=False).reason == "by hand"
+    assert sets.calls == [("192.0.2.7", 60_000)]
+
+
+def test_a_verdict_without_the_table_recreates_it(
+    tmp_path: Path, rec: Recorder, clock: Clock
+) -> None:
+    sets = FakeSets(rec)
+    b = blocker(tmp_path, rec, clock, sets=sets)
+    b.start()
+    b.block("192.0.2.7", 100.0, durable=False)
+    rec.table = False  # somebody deleted it
+    clock.t += 10.0
+    b.block("192.0.2.8", 50.0, durable=False)
+    assert rec.commands[-1] == nft.start_commands(
+        [nft.Element(net("192.0.2.7/32"), 90_000), nft.Element(net("192.0.2.8/32"), 50_000)]
+    )
+    assert [x.addr for x in b.blocks()] == ["192.0.2.7", "192.0.2.8"]

@@ -1,8 +1,10 @@
 """Kernel-side blocking: nftables set elements with timeouts, persisted in the state dir.
 
 The ruleset and why it is shaped so are in :mod:`netwarden.act.nft` and docs/detection.md.
-This module applies it through libnftables and keeps ``blocks.json`` (the active blocks) in
-the state dir, so blocks survive a restart, clean or not, with their remaining time.
+This module applies it (the table and CIDRs through libnftables; a single address, the
+detector's verdicts, through raw nf_tables netlink, :mod:`netwarden.act.nftnl`, in tens of
+microseconds) and keeps ``blocks.json`` (the active blocks) in the state dir, so blocks
+survive a restart, clean or not, with their remaining time.
 
 API (what ``netwarden run``, ``blocks``, ``block`` and ``unblock`` wire)::
 
@@ -49,20 +51,33 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from netwarden.act import nft as render
 from netwarden.act.libnftables import Nft, NftError, NftRunner
 from netwarden.detect.policy import IPNetwork, as_network
-from netwarden.errors import RuntimeFailure, UsageError
+from netwarden.errors import NetwardenError, RuntimeFailure, UsageError
 
-__all__ = ["LOCK_FILE", "STATE_FILE", "Block", "Blocker", "StartResult"]
+__all__ = ["LOCK_FILE", "STATE_FILE", "Block", "Blocker", "SetWriter", "StartResult"]
 
 log = logging.getLogger(__name__)
+
+
+class SetWriter(Protocol):
+    """What the blocker needs of :class:`netwarden.act.nftnl.NftSets`."""
+
+    def replace(self, addr: IPv4Address | IPv6Address, timeout_ms: int | None) -> None: ...
+
+    def close(self) -> None: ...
+
 
 STATE_FILE = "blocks.json"
 LOCK_FILE = "blocks.lock"
 _VERSION = 1
+
+
+def _key(net: IPNetwork) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,15 @@ class Block:
     reason: str = ""
     #: the ports that triggered it
     ports: tuple[int, ...] = ()
+    #: (version, network as int, prefix length): compared and hashed in microseconds less
+    #: than the network itself (thousands of blocks are searched on every change)
+    key: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    #: its line in blocks.json, rendered on first write
+    line: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = self.net
+        object.__setattr__(self, "key", _key(n))
 
     @property
     def addr(self) -> str:
@@ -136,6 +160,7 @@ class Blocker:
         state_dir: str | os.PathLike[str],
         *,
         nft: NftRunner | None = None,
+        sets: SetWriter | None = None,
         clock: Callable[[], float] = time.time,
         guard: Callable[[IPNetwork], str | None] | None = None,
         table: str = render.TABLE,
@@ -145,16 +170,22 @@ class Blocker:
         self._lock_path = self.state_dir / LOCK_FILE
         self._runner: NftRunner | None = nft
         self._own_nft: Nft | None = None
+        #: single addresses go through raw netlink (tens of µs, not hundreds): given, or
+        #: made on first use when libnftables is ours too (a test's recorder gets none)
+        self._sets: SetWriter | None = sets
+        self._own_sets = nft is None and sets is None
         self._clock = clock
         self._guard = guard
         self.table = table
         self._cache: tuple[tuple[int, int, int], list[Block]] | None = None
+        self._unsynced = False
         render.ruleset(table)  # validates the name
 
     # ------------------------------------------------------------------ state file
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[list[Block]]:
-        """The persisted blocks, under the lock; the list as left is written back."""
+    def _locked(self, durable: bool = True) -> Iterator[list[Block]]:
+        """The persisted blocks, under the lock; the list as left is written back (without
+        fsync when not ``durable``: :meth:`sync` does it later)."""
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -166,11 +197,12 @@ class Blocker:
             before = list(blocks)
             yield blocks
             if blocks != before:
-                self._write(blocks)
+                self._write(blocks, durable)
         finally:
             os.close(fd)
 
     def _read(self) -> list[Block]:
+        """The blocks in the file (cached while its inode, mtime and size stay the same)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -206,23 +238,56 @@ class Blocker:
         self._cache = (key, list(blocks))
         return blocks
 
-    def _write(self, blocks: list[Block]) -> None:
+    @staticmethod
+    def _line(b: Block) -> str:
+        """A block's line in the file, rendered once (a file of thousands of blocks is
+        rewritten on every change)."""
+        line = b.line
+        if line is None:
+            line = json.dumps(b.to_dict())
+            object.__setattr__(b, "line", line)
+        return line
+
+    def _write(self, blocks: list[Block], durable: bool = True) -> None:
         # one block per line: readable, and cheap to write
         head = json.dumps({"version": _VERSION, "table": f"{render.FAMILY} {self.table}"})
-        rows = "".join(f"\n {json.dumps(b.to_dict())}," for b in blocks).rstrip(",")
+        rows = ",".join(f"\n {self._line(b)}" for b in blocks)
         text = f'{head[:-1]}, "blocks": [{rows}{chr(10) if rows else ""}]}}\n'
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w") as f:
                 f.write(text)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
                 st = os.fstat(f.fileno())
             os.replace(tmp, self.path)
             self._cache = ((st.st_ino, st.st_mtime_ns, st.st_size), list(blocks))
+            self._unsynced = not durable
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
+
+    def sync(self) -> None:
+        """fsync what a non-durable change wrote (the daemon's ticker calls it once a
+        second): the file survives a crash of netwarden at once, a crash of the machine
+        from here on."""
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dfd = os.open(self.state_dir, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
             raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
 
     # ------------------------------------------------------------------ kernel
@@ -234,10 +299,32 @@ class Blocker:
             self._runner = self._own_nft
         return self._runner
 
-    def _apply(self, commands: str, blocks: list[Block], now: float) -> None:
-        """Run ``commands``; if the table is missing, create it with ``blocks`` instead."""
+    def _writer(self) -> SetWriter | None:
+        if self._sets is None and self._own_sets:
+            from netwarden.act.nftnl import NftSets
+
+            try:
+                self._sets = NftSets(self.table)
+            except NetwardenError as exc:  # no netlink socket: libnftables does it all
+                log.info("raw nf_tables netlink unavailable (%s): libnftables only", exc)
+                self._own_sets = False
+        return self._sets
+
+    def _apply(
+        self,
+        commands: Callable[[], str],
+        blocks: list[Block],
+        now: float,
+        fast: Block | None = None,
+    ) -> None:
+        """Run ``commands()`` (or, for ``fast``, an address, the same change through raw
+        netlink); if the table is missing, create it with ``blocks`` instead."""
         try:
-            self._nft.run(commands)
+            writer = self._writer() if fast is not None else None
+            if writer is not None and fast is not None:
+                writer.replace(fast.net.network_address, _timeout_ms(fast.until, now))
+            else:
+                self._nft.run(commands())
         except NftError as exc:
             if not exc.no_such_object:
                 raise
@@ -279,12 +366,16 @@ class Blocker:
         *,
         reason: str = "manual",
         ports: Iterable[int] = (),
+        durable: bool = True,
     ) -> Block:
         """Block an address or CIDR for ``duration`` seconds (None or 0: until unblocked).
 
-        Returns the block in force afterwards (the existing one if it lasts longer).
+        Returns the block in force afterwards (the existing one if it lasts longer). With
+        ``durable`` off (the detector's verdicts) ``blocks.json`` is replaced without an
+        fsync, which :meth:`sync` does later: the next event need not wait for the disk.
         """
         net = as_network(target, "block")
+        key = _key(net)
         if duration is not None and (duration < 0 or math.isnan(duration)):
             raise UsageError("negative", option="--for", value=duration)
         if self._guard is not None:
@@ -296,9 +387,9 @@ class Blocker:
         now = self._clock()
         until = None if not duration else now + duration
         new = Block(net, now, until, reason, tuple(sorted(set(ports))))
-        with self._locked() as blocks:
+        with self._locked(durable) as blocks:
             blocks[:] = [b for b in blocks if not b.expired(now)]
-            old = next((b for b in blocks if b.net == net), None)
+            old = next((b for b in blocks if b.key == key), None)
             if old is not None and (
                 old.until is None or (until is not None and old.until >= until)
             ):
@@ -306,7 +397,7 @@ class Blocker:
             if net.prefixlen != net.max_prefixlen:
                 for b in blocks:
                     if (
-                        b.net != net
+                        b.key != key
                         and b.net.version == net.version
                         and b.net.prefixlen != b.net.max_prefixlen
                         and b.net.overlaps(net)
@@ -316,18 +407,26 @@ class Blocker:
                             option="block",
                             value=new.addr,
                         )
-            rest = [b for b in blocks if b.net != net]
-            element = render.Element(net, _timeout_ms(until, now))
-            self._apply(render.replace_elements([element], self.table), [*rest, new], now)
+            rest = [b for b in blocks if b.key != key]
+            fast = new if net.prefixlen == net.max_prefixlen else None
+            self._apply(
+                lambda: render.replace_elements(
+                    [render.Element(net, _timeout_ms(until, now))], self.table
+                ),
+                [*rest, new],
+                now,
+                fast,
+            )
             blocks[:] = [*rest, new]
         return new
 
     def unblock(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
         """Remove a block; returns it, or None if the target was not blocked."""
         net = as_network(target, "unblock")
+        key = _key(net)
         now = self._clock()
         with self._locked() as blocks:
-            old = next((b for b in blocks if b.net == net), None)
+            old = next((b for b in blocks if b.key == key), None)
             try:
                 self._nft.run(render.delete_elements([net], self.table))
                 found_in_kernel = True
@@ -339,7 +438,7 @@ class Blocker:
                 if not found_in_kernel:
                     return None
                 return Block(net, now, None, "found in the set, not in the state file")
-            blocks[:] = [b for b in blocks if b.net != net]
+            blocks[:] = [b for b in blocks if b.key != key]
         return None if old.expired(now) else old
 
     def expire(self) -> list[Block]:
@@ -360,7 +459,8 @@ class Blocker:
     def get(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
         """The active block of exactly this address or CIDR, if any."""
         net = as_network(target)
-        return next((b for b in self.blocks() if b.net == net), None)
+        key = _key(net)
+        return next((b for b in self.blocks() if b.key == key), None)
 
     def kernel_elements(self) -> dict[str, list[render.KernelElement]]:
         """The elements the kernel holds now, by set name (empty if the table is absent)."""
@@ -381,3 +481,6 @@ class Blocker:
             if self._own_nft is not None:
                 self._own_nft.close()
                 self._own_nft = self._runner = None
+            if self._own_sets and self._sets is not None:
+                self._sets.close()
+                self._sets = None

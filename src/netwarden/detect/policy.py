@@ -81,8 +81,10 @@ def as_network(target: str | IPAddress | IPNetwork, option: str = "address") -> 
                 value=target,
                 allowed="e.g. 192.0.2.7, 2001:db8::7, 192.0.2.0/24",
             ) from None
-    elif isinstance(target, IPv4Address | IPv6Address):
-        net = ip_network(target)
+    elif isinstance(target, IPv4Address):
+        net = IPv4Network((target, 32))  # the tuple form parses no text
+    elif isinstance(target, IPv6Address):
+        net = IPv6Network((target, 128))
     else:
         net = target
     if isinstance(net, IPv6Network):
@@ -159,10 +161,15 @@ class Policy:
     ) -> None:
         self.config = config or PolicyConfig()
         self._allow = tuple(as_network(n, "allow") for n in self.config.allow)
+        self._allow_ranges = tuple(
+            (n.version, int(n.network_address), int(n.broadcast_address), n) for n in self._allow
+        )
+        self._own_ints: frozenset[tuple[int, int]] = frozenset()
         self._own: frozenset[IPAddress] = frozenset()
         self.set_own_addresses(own_addresses)
         self._has_established = has_established
-        self._offenders: OrderedDict[IPNetwork, _Offender] = OrderedDict()
+        #: by (version, network as int, prefix length): cheaper to hash than a network
+        self._offenders: OrderedDict[tuple[int, int, int], _Offender] = OrderedDict()
         self.offenders_evicted = 0
 
     def set_own_addresses(self, addrs: Iterable[IPAddress | bytes]) -> None:
@@ -173,6 +180,7 @@ class Policy:
                 a = IPv4Address(a) if len(a) == 4 else IPv6Address(a)
             own.add(a)
         self._own = frozenset(own)
+        self._own_ints = frozenset((a.version, int(a)) for a in own)
 
     # ------------------------------------------------------------------ protection
     def allowed(self, addr: IPAddress) -> str | None:
@@ -182,6 +190,8 @@ class Policy:
     def refusal(self, target: str | IPAddress | IPNetwork) -> str | None:
         """Why ``target`` (an address or CIDR) must not be blocked, or None if it may be."""
         net = as_network(target)
+        if net.prefixlen == net.max_prefixlen:
+            return self._address_refusal(net.network_address)
         if net.prefixlen == 0:
             return f"{net} is every address"
         if net.network_address.is_unspecified and net.prefixlen == net.max_prefixlen:
@@ -201,6 +211,22 @@ class Policy:
                     return f"{net} contains {own}, an address of this host"
         return None
 
+    def _address_refusal(self, addr: IPAddress) -> str | None:
+        """:meth:`refusal` of one address (the detector's case, once per verdict): integer
+        comparisons and a set lookup, no ``ipaddress`` arithmetic."""
+        i = int(addr)
+        v = addr.version
+        if i == 0:
+            return f"{addr} is the unspecified address"
+        if (v == 4 and i >> 24 == 127) or (v == 6 and i == 1):
+            return f"{addr} is loopback (never blocked)"
+        for version, lo, hi, allow in self._allow_ranges:
+            if version == v and lo <= i <= hi:
+                return f"{addr} is allowlisted ({allow})"
+        if self.config.allow_self and (v, i) in self._own_ints:
+            return f"{addr} is an address of this host"
+        return None
+
     def check_block(self, target: str | IPAddress | IPNetwork) -> IPNetwork:
         """The target as a network if it may be blocked; else ``UsageError`` saying why."""
         net = as_network(target)
@@ -216,7 +242,11 @@ class Policy:
         info = scan.scan
         if info is None:
             raise ValueError("Policy.decide() takes scan events")
-        allowed = self.allowed(info.scanner)
+        scanner = info.scanner
+        if scanner.version == 4 or scanner.ipv4_mapped is None:
+            allowed = self._address_refusal(scanner)
+        else:
+            allowed = self.allowed(scanner)
         event = (
             scan
             if (allowed is not None) == info.allowed
@@ -237,7 +267,7 @@ class Policy:
             return no(f"{info.scanner} has an established connection")
         if not self.config.blocking:
             return no("blocking is off")
-        duration, offence = self._offend(as_network(info.scanner), now)
+        duration, offence = self._offend(_target_key(scanner), now)
         if info.kind is ScanKind.PORT:
             what = f"port scan: {len(info.ports)} ports"
             if scan.dst is not None:
@@ -252,9 +282,11 @@ class Policy:
 
     def ban_for(self, addr: IPAddress | IPNetwork, now: float) -> tuple[float | None, int]:
         """The block length (None = no timeout) and offence number a block at ``now`` gets."""
-        net = as_network(addr)
+        return self._ban_for(_target_key(addr), now)
+
+    def _ban_for(self, key: tuple[int, int, int], now: float) -> tuple[float | None, int]:
         c = self.config
-        o = self._offenders.get(net)
+        o = self._offenders.get(key)
         earlier = 0
         if o is not None and now - o.ends < c.offence_memory:
             earlier = o.count
@@ -262,13 +294,13 @@ class Policy:
             return None, earlier + 1
         return min(c.block_for * c.escalation ** min(earlier, 64), c.max_block_for), earlier + 1
 
-    def _offend(self, net: IPNetwork, now: float) -> tuple[float | None, int]:
-        duration, offence = self.ban_for(net, now)
+    def _offend(self, key: tuple[int, int, int], now: float) -> tuple[float | None, int]:
+        duration, offence = self._ban_for(key, now)
         offenders = self._offenders
-        o = offenders.pop(net, None) or _Offender()
+        o = offenders.pop(key, None) or _Offender()
         o.count = offence
         o.ends = float("inf") if duration is None else now + duration
-        offenders[net] = o
+        offenders[key] = o
         while len(offenders) > self.config.max_offenders:
             offenders.popitem(last=False)
             self.offenders_evicted += 1
@@ -276,8 +308,19 @@ class Policy:
 
     def offences(self, addr: IPAddress | IPNetwork) -> int:
         """How many blocks of ``addr`` are remembered."""
-        o = self._offenders.get(as_network(addr))
+        o = self._offenders.get(_target_key(addr))
         return 0 if o is None else o.count
+
+
+def _target_key(target: IPAddress | IPNetwork) -> tuple[int, int, int]:
+    """(version, network as int, prefix length) of an address or CIDR; an address needs no
+    network object (building one costs microseconds)."""
+    if isinstance(target, IPv4Address):
+        return (4, int(target), 32)
+    if isinstance(target, IPv6Address) and target.ipv4_mapped is None:
+        return (6, int(target), 128)
+    net = as_network(target)
+    return (net.version, int(net.network_address), net.prefixlen)
 
 
 def _show(net: IPNetwork) -> str:
