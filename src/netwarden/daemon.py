@@ -339,9 +339,10 @@ def _run(
             "snaplen": cfg.snaplen,
             "buffer_kib": cfg.buffer_size,
             "max_flows": cfg.max_flows,
+            "max_unconfirmed": cfg.max_unconfirmed,
             # a block is handed over when full or after this long: with --block, the time
-            # from a scanner's threshold probe to its block (50 ms would be 20 ms on average)
-            "block_timeout_ms": 2 if cfg.block else 10,
+            # from a scanner's threshold probe to its block (half of it on average)
+            "block_timeout_ms": 1 if cfg.block else 10,
         }
         if cfg.backend in ("sniff", "auto"):
             from netwarden.stats.packets import PayloadInspector
@@ -429,7 +430,12 @@ def _run(
         done = threading.Event()
 
         def ticker() -> None:
-            while not done.wait(0.5):
+            wake = pipeline.wake
+            while not done.is_set():
+                wake.wait(0.5)  # or sooner, when the store's backlog needs writing
+                wake.clear()
+                if done.is_set():
+                    break
                 try:
                     tick(time.time())  # takes the pipeline's lock where it needs it
                 except Exception:  # the outermost loop of this thread: log, keep going
@@ -443,11 +449,19 @@ def _run(
         where = f"listening on {cfg.iface}" if cfg.iface else "listening on all interfaces"
         _report_ready(f"{where}\ndashboard and metrics on http://{cfg.listen}/\n")
         try:
-            for event in source:
-                with lock:
-                    pipeline.handle(event)
+            batches = getattr(source, "batches", None)
+            if batches is not None:
+                # the packet backend: a capture block's events at a time (detection first)
+                for events in batches():
+                    with lock:
+                        pipeline.handle_batch(events)
+            else:
+                for event in source:
+                    with lock:
+                        pipeline.handle(event)
         finally:
             done.set()
+            pipeline.wake.set()
             ticking.join(10)
         return 0
     finally:

@@ -108,7 +108,8 @@ def check_template(template: str, option: str = "--format") -> None:
 
 
 class Printer:
-    """Writes one line per event to ``out``, flushed line by line."""
+    """Writes one line per event to ``out``, flushed line by line (unless ``autoflush`` is
+    turned off by a caller that calls :meth:`flush` itself, once per batch)."""
 
     def __init__(
         self,
@@ -127,6 +128,10 @@ class Printer:
         self.ts_format = ts_format
         self.events = events
         self.count = 0
+        self.autoflush = True
+
+    def flush(self) -> None:
+        self.out.flush()
 
     def line(self, e: Event) -> str:
         if self.json_lines:
@@ -147,7 +152,8 @@ class Printer:
         if self.events is not None and str(e.event) not in self.events:
             return
         self.out.write(self.line(e) + "\n")
-        self.out.flush()
+        if self.autoflush:
+            self.out.flush()
         self.count += 1
 
 

@@ -32,6 +32,13 @@ RETENTION_INTERVAL = 3600.0
 STATS_FILE = "stats.json"
 #: stats.json and the dump cover at most this many of the most recent flows
 STATS_FLOWS = 100_000
+#: rows waiting for the store beyond which the ticker writes at once, not at the next
+#: flush_interval (a flood of spoofed sources makes ten thousand flows a second)
+FLUSH_BACKLOG = 4096
+#: ... and beyond which the event loop writes them itself before it takes more packets:
+#: when the writer cannot keep up, the capture ring fills and the kernel drops (and
+#: counts) packets, rather than events piling up in memory
+WRITE_BACKLOG = 16384
 
 
 def open_backend(
@@ -140,6 +147,22 @@ class Pipeline:
         self.defense = defense
         self.hook = hook
         self._now = 0.0
+        #: scan/block/unblock events raised while events are being judged: written out
+        #: after the batch's own events
+        self._held: list[Event] = []
+        self._judging = False
+        if hasattr(source, "lock"):
+            source.lock = self.lock  # the ticker reads the flow table between batches
+        #: the source judges each event as it is made (the packet backend): handle_batch
+        #: then only writes them out
+        self._inline = defense is not None and hasattr(source, "judge")
+        if self._inline:
+            source.judge = self._judge
+        #: the printer's flush, when it lets us flush once per batch instead of per line
+        self._printer_flush: Callable[[], None] | None = None
+        if printer is not None and hasattr(printer, "autoflush"):
+            printer.autoflush = False
+            self._printer_flush = getattr(printer, "flush", None)
         if defense is not None:
             defense.emit = self._derived
             self.metrics.blocked_hosts = defense.blocked_count
@@ -147,6 +170,8 @@ class Pipeline:
             self.metrics.dropped_sources.append(
                 lambda: {"detect": det.stats()["sources_evicted"] + det.stats()["attempts_dropped"]}
             )
+        #: set when the store's backlog passed FLUSH_BACKLOG: the ticker waits on it
+        self.wake = threading.Event()
         self._next_flush = 0.0
         self._next_snapshot = 0.0
         self._next_retention = 0.0
@@ -169,14 +194,63 @@ class Pipeline:
 
     # ---------------------------------------------------------------- per event
     def handle(self, e: Event) -> None:
-        """A backend's event: to the outputs, then to detection."""
-        self._output(e)
-        if self.defense is not None:
+        """A backend's event: to detection, then to the outputs (see :meth:`handle_batch`)."""
+        self.handle_batch([e])
+
+    def handle_batch(self, events: list[Event]) -> None:
+        """A batch of a backend's events (one capture block): detection first, so that a
+        scanner's block never waits for the outputs of the events ahead of its threshold
+        probe; then the batch's events to the outputs, then the scan/block/unblock events
+        detection raised (in that order, so a ``scan`` follows the ``new`` events that
+        caused it)."""
+        if self.defense is not None and not self._inline:
             self._now = max(self._now, time.time())
+            feed = self.defense.feed
+            now = self._now
+            self._judging = True
+            try:
+                for e in events:
+                    feed(e, now)
+            finally:
+                self._judging = False
+        output = self._output
+        for e in events:
+            output(e)
+        held = self._held
+        if held:
+            self._held = []
+            for e in held:
+                self._derived_out(e)
+        if events or held:
+            self._flush()
+            store = self.store
+            if store is not None and store.backlog() > FLUSH_BACKLOG:
+                if store.backlog() > WRITE_BACKLOG:
+                    store.write(store.take())
+                else:
+                    self.wake.set()
+
+    def _judge(self, e: Event) -> None:
+        """Detection of one event as the source makes it (under :attr:`lock`)."""
+        if self.defense is None:
+            return
+        self._now = max(self._now, time.time())
+        self._judging = True
+        try:
             self.defense.feed(e, self._now)
+        finally:
+            self._judging = False
 
     def _derived(self, e: Event) -> None:
-        """A scan/block/unblock event from detection: to the outputs and the exec hook."""
+        """A scan/block/unblock event from detection: to the outputs and the exec hook
+        (after the batch being judged, if any)."""
+        if self._judging:
+            self._held.append(e)
+            return
+        self._derived_out(e)
+        self._flush()
+
+    def _derived_out(self, e: Event) -> None:
         self._output(e)
         if self.hook is not None and not (e.scan is not None and e.scan.summary):
             self.hook(e)
@@ -190,9 +264,15 @@ class Pipeline:
             self.store.add(e)
         if self._jsonl is not None:
             self._jsonl.write(e.to_json() + "\n")
-            self._jsonl.flush()
         if self.printer is not None:
             self.printer(e)
+
+    def _flush(self) -> None:
+        """The line outputs, once per batch (a reader of the JSON lines sees whole batches)."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._printer_flush is not None:
+            self._printer_flush()  # a closed pipe ends the run, as a write would
 
     # ---------------------------------------------------------------- periodic
     def tick(self, now: float) -> None:
@@ -220,7 +300,7 @@ class Pipeline:
                         self.store.add_flow_snapshot(replace(ev, duration=max(0.0, now - ev.ts)))
                 self._last_snapshot = now
                 self._next_snapshot = now + SNAPSHOT_INTERVAL
-            if now >= self._next_flush:
+            if now >= self._next_flush or self.store.backlog() > FLUSH_BACKLOG:
                 taken = self.store.take()
                 self._next_flush = now + self.cfg.flush_interval
             if now >= self._next_retention:

@@ -6,6 +6,7 @@ source also has ``fileno()`` (readable when packets are ready) for event loops.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -51,21 +52,36 @@ class _EventSource:
         tcp_connections_only: bool,
         iface_name: Callable[[int], str | None] | None = None,
         max_flows: int = 262144,
+        max_unconfirmed: int | None = None,
         matcher: Any = None,
         inspector: PayloadInspector | None = None,
     ) -> None:
         self._pending: deque[Event] = deque()
         self.table = FlowTable(
-            self._pending.append,
+            self._emit,
             source=source,
             local_addrs=local_addrs,
             timeouts=timeouts,
             tcp_connections_only=tcp_connections_only,
             iface_name=iface_name,
             max_flows=max_flows,
+            max_unconfirmed=max_unconfirmed,
         )
         self.counter = PacketCounter(self.table, matcher=matcher, inspector=inspector)
         self._stopping = False
+        #: held while the flow table changes (set to the daemon's pipeline lock, so that
+        #: its ticker thread reads the table between batches, never during one)
+        self.lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        #: called with each event as the flow table makes it, under :attr:`lock`, before
+        #: it is queued: the daemon's scan detection, so that a scanner's threshold probe
+        #: is judged as soon as its packet is counted, not after the rest of its batch
+        self.judge: Callable[[Event], None] | None = None
+
+    def _emit(self, e: Event) -> None:
+        judge = self.judge
+        if judge is not None:
+            judge(e)
+        self._pending.append(e)
 
     def stop(self) -> None:
         """Ask the iteration to finish: open flows are ended, then it stops (signal-safe)."""
@@ -129,6 +145,7 @@ class SniffSource(_EventSource):
         buffer_kib: int = 65536,
         block_timeout_ms: int = 50,
         max_flows: int = 262144,
+        max_unconfirmed: int | None = None,
     ) -> None:
         from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
         from netwarden.hostaddrs import local_addresses
@@ -150,6 +167,7 @@ class SniffSource(_EventSource):
             iface_name=self.ring.ifname,
             inspector=inspector,
             max_flows=max_flows,
+            max_unconfirmed=max_unconfirmed,
         )
         self.iface = iface
         self.poll_interval = poll_interval
@@ -158,19 +176,30 @@ class SniffSource(_EventSource):
         return self.ring.fileno()
 
     def __iter__(self) -> Iterator[Event]:
+        for events in self.batches():
+            yield from events
+
+    def batches(self) -> Iterator[list[Event]]:
+        """The events of each ring block handed over (possibly an empty list when the poll
+        interval passes without packets), under :attr:`lock`; at the end, every open flow's
+        ``end``."""
         pending = self._pending
         feed = self.counter.feed
         expire = self.table.expire
         for batch in self.ring.batches(self.poll_interval):
-            if batch:
-                feed(batch)
-            expire(time.time())
-            while pending:
-                yield pending.popleft()
+            with self.lock:
+                if batch:
+                    feed(batch)
+                expire(time.time())
+                events = list(pending)
+                pending.clear()
+            yield events
         # stop() makes the ring hand over what it still holds, then batches() ends
-        self.table.close(time.time())
-        while pending:
-            yield pending.popleft()
+        with self.lock:
+            self.table.close(time.time())
+            events = list(pending)
+            pending.clear()
+        yield events
 
     def stop(self) -> None:
         super().stop()
