@@ -230,6 +230,7 @@ class Config:
     dump_listen: str | None = None
     dump_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     max_flows: int = 65536
+    max_unconfirmed: int = 16384
     buffer_size: int = 16384
     snaplen: int = 512
     xdp: tuple[str, ...] = ()
@@ -261,6 +262,7 @@ SCHEMA: dict[str, Callable[[object, str], Any]] = {
     "dump_listen": _listen_or_none,
     "dump_allow": _cidrs,
     "max_flows": _int(1024, 1 << 24),
+    "max_unconfirmed": _int(256, 1 << 24),
     "buffer_size": _int(2048, 1 << 22),
     "snaplen": _int(64, 262144),
     "xdp": _ifaces,

@@ -111,7 +111,7 @@ class ScanInfo:
 _NO_PROCESS = ProcessInfo()
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)  # a spoofed flood would fill a larger one with one-off addresses
 def _addr_text(addr: IPv4Address | IPv6Address) -> str:
     """``str(addr)``, memoized: ipaddress formatting costs microseconds per call."""
     return str(addr)

@@ -12,6 +12,7 @@ from netwarden.stats.flows import FlowTable, Timeouts
 A = ip_address("192.0.2.1").packed
 B = ip_address("198.51.100.7").packed
 C = ip_address("203.0.113.9").packed
+D = ip_address("203.0.113.10").packed
 A6 = ip_address("2001:db8::1").packed
 B6 = ip_address("2001:db8::2").packed
 
@@ -189,11 +190,12 @@ def test_event_json_roundtrip() -> None:
 def test_active_since_snapshots_recent_open_flows() -> None:
     t, out = table()
     t.packet(1.0, pkt(A, B, 1, 2, proto=17))
-    t.packet(5.0, pkt(A, C, 3, 4, proto=17))
+    t.packet(3.0, pkt(A, C, 3, 4, proto=17))
     t.packet(6.0, pkt(A, C, 3, 4, proto=17, length=100))
+    t.packet(6.5, pkt(A, D, 5, 6, proto=17))  # began after `since`: its `new` is fresh enough
     snaps = t.active_since(4.0)
     assert [(e.sport, e.orig_pkts, e.orig_bytes, e.event, e.duration) for e in snaps] == [
-        (3, 2, 160, EventType.NEW, 1.0)
+        (3, 2, 160, EventType.NEW, 3.0)
     ]
     assert snaps[0].flow == out[1].flow
 
@@ -209,3 +211,84 @@ def test_a_timed_out_flow_is_ended_by_its_next_packet() -> None:
     t.close()
     ends = [(e.sport, e.orig_pkts, e.resp_pkts) for e in out if e.event is EventType.END]
     assert sorted(ends) == [(5, 1, 1), (5, 1, 1), (7, 1, 0), (7, 1, 0)]
+
+
+# ------------------------------------------------------------------ unconfirmed flows
+def _spoofed(i: int) -> bytes:
+    return bytes([10, 66, i >> 8, i & 0xFF])
+
+
+def test_a_spoofed_flood_evicts_only_unconfirmed_flows() -> None:
+    """A flow is confirmed once its initiator speaks again after a reply; a spoofed source
+    never does, so the flood churns the unconfirmed share and the connections stay."""
+    t, out = table(local_addrs=[B], max_flows=64, max_unconfirmed=8)
+    for port in (1000, 1001):  # two real connections: handshake, then data
+        t.packet(1.0, pkt(A, B, port, 22, flags=SYN))
+        t.packet(1.0, pkt(B, A, 22, port, flags=SYN | ACK))
+        t.packet(1.0, pkt(A, B, port, 22, flags=ACK))
+    t.packet(1.0, pkt(C, B, 5353, 53, proto=17))  # a DNS query answered ...
+    t.packet(1.0, pkt(B, C, 53, 5353, proto=17))  # ... but never followed up: unconfirmed
+    for i in range(200):  # SYNs from spoofed sources, each answered by a SYN+ACK
+        t.packet(2.0 + i / 1000, pkt(_spoofed(i), B, 40000, 80, flags=SYN))
+        t.packet(2.0 + i / 1000, pkt(B, _spoofed(i), 80, 40000, flags=SYN | ACK))
+    assert t.unconfirmed == 8 and len(t.flows) == 10
+    ended = [e for e in out if e.event is EventType.END]
+    assert len(ended) == t.evicted == 200 + 1 - 8  # the DNS flow went first, being oldest
+    assert {e.sport for e in ended} >= {5353}
+    assert not any(e.dport == 22 for e in ended)  # the connections are still open
+    assert {(f.sport, f.dport) for f in t.flows.values()} >= {(1000, 22), (1001, 22)}
+
+
+def test_max_unconfirmed_defaults_to_no_bound_of_its_own() -> None:
+    t, _out = table(max_flows=16)
+    assert t.max_unconfirmed == 16
+    for i in range(16):
+        t.packet(1.0, pkt(_spoofed(i), B, 40000, 80, flags=SYN))
+    assert t.unconfirmed == 16 and t.evicted == 0
+    assert table(max_flows=16, max_unconfirmed=99)[0].max_unconfirmed == 16  # capped
+
+
+def test_a_half_open_flow_times_out_like_an_unanswered_one() -> None:
+    """SYN, SYN+ACK and nothing more (a half-open scan, a spoofed source): the SYN timeout
+    (120 s), not the established one (5 days)."""
+    t, out = table()
+    t.packet(0.0, pkt(A, B, 40000, 80, flags=SYN))
+    t.packet(0.0, pkt(B, A, 80, 40000, flags=SYN | ACK))
+    t.expire(119.0)
+    assert [e.event for e in out] == [EventType.NEW]
+    t.expire(121.0)
+    assert [e.event for e in out] == [EventType.NEW, EventType.END]
+    # with the handshake's ACK it is established and stays
+    t, out = table()
+    t.packet(0.0, pkt(A, B, 40000, 80, flags=SYN))
+    t.packet(0.0, pkt(B, A, 80, 40000, flags=SYN | ACK))
+    t.packet(0.0, pkt(A, B, 40000, 80, flags=ACK))
+    t.expire(3600.0)
+    assert [e.event for e in out] == [EventType.NEW] and t.unconfirmed == 0
+
+
+def test_the_captured_fast_path_confirms_flows_too() -> None:
+    """feed_captured (the live path) moves flows between the same queues as packet()."""
+    from netwarden.stats.packets import PacketCounter
+    from tests import pktbuild as pb
+
+    t, _out = table(local_addrs=[B], max_flows=64, max_unconfirmed=4)
+    counter = PacketCounter(t)
+
+    def frame(src: str, dst: str, sport: int, dport: int, flags: int) -> tuple[object, ...]:
+        data = pb.ether(pb.ipv4(src, dst, 6, pb.tcp(sport, dport, flags)))
+        return (1.0, data, len(data), 1, 1, 1)
+
+    a, b = "192.0.2.1", "198.51.100.7"
+    counter.feed(
+        [
+            frame(a, b, 1000, 22, SYN),
+            frame(b, a, 22, 1000, SYN | ACK),
+            frame(a, b, 1000, 22, ACK),
+            frame(a, b, 1000, 22, ACK | 0x08),
+            frame(b, a, 22, 1000, ACK),
+        ]
+    )
+    assert t.unconfirmed == 0 and len(t.flows) == 1
+    counter.feed([frame(f"10.66.0.{i}", b, 40000, 80, SYN) for i in range(1, 20)])
+    assert t.unconfirmed == 4 and len(t.flows) == 5 and t.evicted == 15

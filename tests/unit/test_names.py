@@ -44,3 +44,24 @@ def test_learned_names_come_first_and_bound() -> None:
 def test_system_resolver_honours_etc_hosts() -> None:
     names, ttl = system_resolve("127.0.0.1")
     assert names and "localhost" in names[0] and ttl > 0
+
+
+def test_lookups_waiting_are_bounded() -> None:
+    """A dump during a spoofed flood asks for tens of thousands of names at once: at most
+    ``max_pending`` wait for a resolver thread; the rest are asked again later."""
+    import threading
+
+    gate = threading.Event()
+
+    def slow(addr: str) -> tuple[list[str], float]:
+        gate.wait(10)
+        return [f"h-{addr}"], 60.0
+
+    c = NameCache(slow, workers=1, max_pending=3, clock=lambda: 0.0)
+    try:
+        for i in range(10):
+            assert c.lookup(f"192.0.2.{i}") == ([], None)
+        assert c.skipped == 7 and len(c._pending) == 3
+    finally:
+        gate.set()
+        c.close()

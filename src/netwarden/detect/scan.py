@@ -124,8 +124,8 @@ class DetectorConfig:
     summary_interval: float = 60.0
     #: seconds without attempts after which a known scanner is forgotten
     scanner_idle: float = 300.0
-    max_sources: int = 65536
-    max_entries: int = 131072
+    max_sources: int = 16384
+    max_entries: int = 32768
     max_attempts: int = 64
     max_scanners: int = 4096
 

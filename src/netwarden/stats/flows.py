@@ -12,7 +12,11 @@ A flow ends
 - any protocol: when idle longer than its timeout (conntrack's defaults, see
   :class:`Timeouts`);
 - when the table is full (``max_flows``): the least recently active flow is evicted, with an
-  ``end`` event, and counted in ``evicted``;
+  ``end`` event, and counted in ``evicted``; likewise the least recently active
+  *unconfirmed* flow when those reach ``max_unconfirmed``. A flow is confirmed when its
+  initiator sends again after a reply was seen (a TCP handshake's ACK, a UDP or ICMP
+  exchange that goes on): a spoofed source never gets there, so a flood of them churns
+  the unconfirmed share of the table and leaves the established connections alone;
 - on :meth:`FlowTable.close` (end of a replay, a clean stop): every flow still open.
 
 Hot path: :meth:`FlowTable.packet` takes the decoder's plain tuple. Keys are tuples of
@@ -50,13 +54,21 @@ _UDP = 17
 
 # Timeout classes: the index of the queue a flow sits in.
 _Q_TCP_OPEN = 0  # SYN seen, no reply yet (or picked up mid-stream, one direction only)
-_Q_TCP_EST = 1  # both directions seen
+_Q_TCP_EST = 1  # confirmed: the initiator spoke again after a reply (the handshake's ACK)
 _Q_CLOSING = 2  # RST or FIN both ways: ends after close_linger
 _Q_UDP = 3  # one direction only
-_Q_UDP_STREAM = 4  # both directions seen
+_Q_UDP_STREAM = 4  # confirmed: the initiator sent again after a reply
 _Q_ICMP = 5
 _Q_OTHER = 6
-_NQ = 7
+_Q_TCP_REPLIED = 7  # a reply seen (a SYN+ACK), the initiator silent since
+_Q_UDP_REPLIED = 8  # a reply seen, the initiator silent since (a one-shot DNS query)
+_NQ = 9
+#: a reply moves a flow from the first queue to the second
+_ON_REPLY = {_Q_TCP_OPEN: _Q_TCP_REPLIED, _Q_UDP: _Q_UDP_REPLIED}
+#: the initiator's next packet confirms it
+_ON_CONFIRM = {_Q_TCP_REPLIED: _Q_TCP_EST, _Q_UDP_REPLIED: _Q_UDP_STREAM}
+#: unconfirmed flows (anybody can make them with spoofed packets): bounded apart
+_UNCONFIRMED = (_Q_TCP_OPEN, _Q_TCP_REPLIED, _Q_UDP, _Q_UDP_REPLIED, _Q_ICMP, _Q_OTHER, _Q_CLOSING)
 
 _MAX_FRAGS = 4096
 
@@ -82,6 +94,8 @@ class Timeouts:
             self.udp_stream,
             self.icmp,
             self.other,
+            self.tcp_open,  # replied, not yet confirmed (conntrack's SYN_RECV is shorter)
+            self.udp_stream,
         )
 
 
@@ -163,8 +177,20 @@ def segment_headers(r: tuple[int, ...], data: bytes | memoryview, wirelen: int, 
     return (segs - 1) * max(0, iphdr + l4hdr)
 
 
+_ADDRS: dict[bytes, IPv4Address | IPv6Address] = {}
+_ADDRS_MAX = 4096
+
+
 def _addr(b: bytes) -> IPv4Address | IPv6Address:
-    return IPv4Address(b) if len(b) == 4 else IPv6Address(b)
+    """The address object of packed bytes, shared while recent: this host's own addresses
+    are on every flow (one object instead of one per event), and a flood of one-off
+    sources only recycles the small cache."""
+    a = _ADDRS.get(b)
+    if a is None:
+        if len(_ADDRS) >= _ADDRS_MAX:
+            _ADDRS.clear()
+        a = _ADDRS[b] = IPv4Address(b) if len(b) == 4 else IPv6Address(b)
+    return a
 
 
 class FlowTable:
@@ -184,6 +210,7 @@ class FlowTable:
         local_addrs: Iterable[bytes] = (),
         timeouts: Timeouts | None = None,
         max_flows: int = 262144,
+        max_unconfirmed: int | None = None,
         id_prefix: str | None = None,
         iface_name: Callable[[int], str | None] | None = None,
         emit_new: bool = True,
@@ -195,6 +222,11 @@ class FlowTable:
         self.timeouts = timeouts or Timeouts()
         self._tmo = self.timeouts.by_queue()
         self.max_flows = max(1, max_flows)
+        #: at most this many unconfirmed flows (default: no bound of their own): a flood of
+        #: spoofed sources then evicts its own kind, never the confirmed connections
+        self.max_unconfirmed = max(
+            1, self.max_flows if max_unconfirmed is None else min(max_unconfirmed, max_flows)
+        )
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(3)
         self._seq = 0
         self._iface_name = iface_name
@@ -244,14 +276,15 @@ class FlowTable:
         if sport == f.sport and src == f.src:
             f.opkts += segs
             f.obytes += nbytes
+            if f.q in _ON_CONFIRM:
+                self._move(f, _ON_CONFIRM[f.q])
             if flags & 5:  # FIN or RST
                 self._fin_rst(f, flags, True, ts)
         else:
             f.rpkts += segs
             f.rbytes += nbytes
-            qi = f.q
-            if qi in (_Q_TCP_OPEN, _Q_UDP):
-                self._move(f, _Q_TCP_EST if qi == _Q_TCP_OPEN else _Q_UDP_STREAM)
+            if f.q in _ON_REPLY:
+                self._move(f, _ON_REPLY[f.q])
             if flags & 5:
                 self._fin_rst(f, flags, False, ts)
         if new and self._emit_new and (f.syn or not self._syn_only):
@@ -270,6 +303,8 @@ class FlowTable:
         queues = self._queues
         tmo = self._tmo
         slow = self.packet
+        on_reply = _ON_REPLY
+        on_confirm = _ON_CONFIRM
         last_lt = -1
         dec: Callable[[Any, int], Any] | None = None
         other = malformed = unsupported = 0
@@ -302,17 +337,19 @@ class FlowTable:
             if f is None or f.closing or ts - f.last > tmo[f.q] or (proto == _TCP and flags & 5):
                 slow(ts, r, ifindex)
                 continue
-            queues[f.q].move_to_end(key)
+            qi = f.q
+            queues[qi].move_to_end(key)
             f.last = ts
             if sport == f.sport and src == f.src:
                 f.opkts += 1
                 f.obytes += nbytes
+                if qi in on_confirm:
+                    self._move(f, on_confirm[qi])
             else:
                 f.rpkts += 1
                 f.rbytes += nbytes
-                qi = f.q
-                if qi in (_Q_TCP_OPEN, _Q_UDP):
-                    self._move(f, _Q_TCP_EST if qi == _Q_TCP_OPEN else _Q_UDP_STREAM)
+                if qi in on_reply:
+                    self._move(f, on_reply[qi])
         return other, malformed, unsupported
 
     def _fragment(
@@ -389,6 +426,8 @@ class FlowTable:
     ) -> Flow:
         if len(self.flows) >= self.max_flows:
             self._evict_one(ts)
+        elif self._unconfirmed() >= self.max_unconfirmed:
+            self._evict_one(ts, _UNCONFIRMED)
         proto: int = p[F_PROTO]  # type: ignore[assignment]
         if proto == _TCP:
             q = _Q_TCP_OPEN
@@ -461,9 +500,20 @@ class FlowTable:
         if f.syn or not self._syn_only:
             self._emit(self._event(f, EventType.END))
 
-    def _evict_one(self, now: float) -> None:
+    def _unconfirmed(self) -> int:
+        q = self._queues
+        return sum(len(q[i]) for i in _UNCONFIRMED)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Open flows not confirmed by their initiator after a reply (see ``max_unconfirmed``)."""
+        return self._unconfirmed()
+
+    def _evict_one(self, now: float, among: Iterable[int] = range(_NQ)) -> None:
         oldest: Flow | None = None
-        for q in self._queues:
+        queues = self._queues
+        for i in among:
+            q = queues[i]
             if q:
                 f = next(iter(q.values()))
                 if oldest is None or f.last < oldest.last:
@@ -491,16 +541,17 @@ class FlowTable:
         return ended
 
     def active_since(self, since: float) -> list[Event]:
-        """Snapshots of the open flows active since ``since``: ``new`` events with the counters
-        and duration so far (keeps the store fresh for long flows). Looks only at the recent
-        end of each queue."""
+        """Snapshots of the open flows active since ``since`` that began before it: ``new``
+        events with the counters and duration so far (keeps the store fresh for long flows;
+        a younger flow's own ``new`` is recent enough, and under a flood of one-packet flows
+        there are tens of thousands of those). Looks only at the recent end of each queue."""
         out = []
         for q in self._queues:
             for key in reversed(q):
                 f = q[key]
                 if f.last < since:
                     break
-                if f.syn or not self._syn_only:
+                if f.first < since and (f.syn or not self._syn_only):
                     out.append(self._event(f, EventType.NEW, snapshot=True))
         return out
 

@@ -72,11 +72,14 @@ class NameCache:
         *,
         workers: int = 4,
         max_entries: int = 65536,
+        max_pending: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._resolve = resolve
         self._clock = clock
         self._max = max_entries
+        self._max_pending = max_pending
+        self.skipped = 0
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[list[str], float]] = OrderedDict()
         self._pending: set[str] = set()
@@ -92,8 +95,13 @@ class NameCache:
                 self._cache.move_to_end(addr)
                 return hit[0], hit[1]
             if addr not in self._pending:
-                self._pending.add(addr)
-                self._pool.submit(self._work, addr)
+                if len(self._pending) >= self._max_pending:
+                    # thousands of new addresses at once (a dump during a spoofed flood):
+                    # the rest wait for a later call rather than queue without bound
+                    self.skipped += 1
+                else:
+                    self._pending.add(addr)
+                    self._pool.submit(self._work, addr)
         return (hit[0], hit[1]) if hit is not None else ([], None)
 
     def _work(self, addr: str) -> None:

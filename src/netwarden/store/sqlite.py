@@ -263,6 +263,10 @@ class Store:
         """A flow's counters so far (freshness for long flows): same as a ``new``."""
         self.add(e)
 
+    def backlog(self) -> int:
+        """Rows waiting for the next write."""
+        return len(self._pending_flows) + len(self._pending_events)
+
     def take(self) -> tuple[list[Event], list[tuple[Any, ...]]]:
         """Hand over what is buffered (cheap: the caller may hold its own lock)."""
         flows = list(self._pending_flows.values())
@@ -276,16 +280,17 @@ class Store:
         flow_events, events = taken
         if not flow_events and not events:
             return 0
-        flows = [_flow_row(e) for e in flow_events]
+        # rows are built one at a time as SQLite takes them: a flood's tens of thousands of
+        # flows per flush never exist as rows all at once
         with self._db, self.conn:
-            if flows:
-                self.conn.executemany(_UPSERT, flows)
+            if flow_events:
+                self.conn.executemany(_UPSERT, map(_flow_row, flow_events))
             if events:
                 self.conn.executemany(
                     "INSERT INTO events (ts, event, scanner, kind, data) VALUES (?, ?, ?, ?, ?)",
                     events,
                 )
-        n = len(flows) + len(events)
+        n = len(flow_events) + len(events)
         self.written += n
         return n
 
