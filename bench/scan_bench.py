@@ -15,8 +15,9 @@ latency
     ``effect_ms`` = time of the first unanswered probe after the threshold minus the time of
     the threshold probe (an upper bound; the interval is the resolution). ``detect_ms`` is
     the ``scan`` event's timestamp (the daemon's clock when it decided) minus the probe's.
-    Paths: the daemon as shipped (TPACKET_V3 block timeout 50 ms), the same daemon with a
-    1 ms block timeout (capture batching isolated), and XDP's in-kernel threshold.
+    Paths: the daemon as shipped (``run --block``: TPACKET_V3 block timeout 1 ms, each
+    block's events judged before they are written out, addresses blocked through raw
+    nf_tables netlink), and XDP's in-kernel threshold.
 nmap
     ``nmap -sS -p 1-1000 -T5`` from a fresh address: ports answered after the threshold
     probe (by first-SYN time), on the nft path and on XDP.
@@ -71,12 +72,26 @@ DAEMON = r"""
 import functools, json, os, sys, time
 import netwarden.act.blocker as blocker
 import netwarden.act.libnftables as libnftables
+import netwarden.act.nftnl as nftnl
 import netwarden.capture.afpacket as afpacket
 import netwarden.defense as defense
 import netwarden.detect.policy as policy
 import netwarden.pipeline as pipeline
+import netwarden.stats.packets as packets
 
+import threading
 trace = open(os.environ["NW_TRACE"], "a", buffering=1)
+records = []  # written out by a thread every 0.2 s: a traced call only appends a tuple
+
+def writer():
+    while True:
+        time.sleep(0.2)
+        while records:
+            tag, t0, t1, more = records.pop(0)
+            rec = {"fn": tag, "t0": t0, "t1": t1, **more}
+            trace.write(json.dumps(rec) + "\n")
+
+threading.Thread(target=writer, daemon=True).start()
 
 def traced(cls, name, tag, extra=None):
     fn = getattr(cls, name)
@@ -85,10 +100,7 @@ def traced(cls, name, tag, extra=None):
     def wrapper(*args, **kw):
         t0 = time.time()
         r = fn(*args, **kw)
-        rec = {"fn": tag, "t0": t0, "t1": time.time()}
-        if extra is not None:
-            rec.update(extra(r))
-        trace.write(json.dumps(rec) + "\n")
+        records.append((tag, t0, time.time(), extra(r) if extra is not None else {}))
         return r
 
     setattr(cls, name, wrapper)
@@ -98,11 +110,16 @@ def batch(pkts):
             "last": pkts[-1][0] if pkts else None}
 
 traced(afpacket.RingCapture, "_read_block", "batch", batch)
+traced(packets.PacketCounter, "feed", "feed")
+traced(pipeline.Pipeline, "handle_batch", "handle")
 traced(defense.Defense, "_scan", "scan")
 traced(policy.Policy, "decide", "decide")
 traced(blocker.Blocker, "block", "block")
 traced(blocker.Blocker, "_write", "state_file")
 traced(libnftables.Nft, "run", "nft")
+traced(nftnl.NftSets, "replace", "nft")
+import netwarden.capture.netlink_socket as nls
+traced(nls.NetlinkSocket, "send", "nlsend")
 traced(pipeline.Pipeline, "tick", "tick")
 if sys.argv[1] != "-":
     tov = int(sys.argv[1])
@@ -136,6 +153,22 @@ class BenchLab(Lab):
         return self
 
 
+# --------------------------------------------------------------------------- CPUs
+# The scanner stands for another machine: its sender and tcpdump run on the last CPU, the
+# daemon on the others (on 2 vCPUs: one each), so the busy-waiting sender does not take the
+# daemon's CPU away in the middle of a measurement.
+SCANNER_CPU = (os.cpu_count() or 1) - 1
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Pin ``pid`` to ``cpu`` (None: every CPU but the scanner's); best effort."""
+    cpus = {cpu} if cpu is not None else set(range(os.cpu_count() or 1)) - {SCANNER_CPU}
+    try:
+        os.sched_setaffinity(pid, cpus or {0})
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- the sender
 def _csum(data: bytes) -> int:
     if len(data) % 2:
@@ -159,6 +192,7 @@ def syn_packet(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
 def send_syns(src: str, dst: str, ports: list[int], interval_us: float) -> float:
     """SYNs from ``src`` (an address of this namespace) to ``ports`` in order, one every
     ``interval_us`` (busy-waiting); returns the mean interval achieved, in µs."""
+    pin(os.getpid(), SCANNER_CPU)
     pkts = [syn_packet(src, dst, 40000 + i % 20000, p, 1000 + i) for i, p in enumerate(ports)]
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     step = int(interval_us * 1000)
@@ -184,6 +218,7 @@ def capture(ns: Netns, iface: str, path: Path) -> Iterator[None]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert p.stderr is not None
+    pin(p.pid, SCANNER_CPU)
     line = p.stderr.readline().decode(errors="replace")
     assert "listening on" in line, line
     try:
@@ -251,6 +286,7 @@ class Daemon:
         self.proc = ns.popen(
             *cmd, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, env=env
         )
+        pin(self.proc.pid, None)  # its threads, started later, inherit it
         deadline = time.monotonic() + 30
         while "listening on" not in self.err_path.read_text():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -278,6 +314,7 @@ class Daemon:
         raise RuntimeError(f"no {kind} event for {scanner}")
 
     def trace(self) -> list[dict[str, Any]]:
+        time.sleep(0.5)  # the daemon writes its trace every 0.2 s
         out = []
         for line in self.trace_path.read_text().splitlines():
             try:
@@ -334,8 +371,10 @@ def stages(trace: list[dict[str, Any]], t_probe: float) -> dict[str, float]:
 
     - ``batch_wait``: until the ring block holding the probe was handed to Python
       (TPACKET_V3 retires a block when full or ``block_timeout_ms`` after its first packet);
-    - ``to_detection``: from there to the detector's verdict on the probe's ``new`` event
-      (the flow table over the whole batch, the events before it: output, store, metrics);
+    - ``to_detection``: from there to the detector's verdict on the probe's ``new`` event,
+      of which ``to_flow_table`` (the ring hands the packets over) and
+      ``flow_table_to_verdict`` (the packets ahead of the probe through the flow table,
+      each event through the detector as it is made; outputs come after the batch);
     - ``policy``: ``Policy.decide`` (allowlists; established peers read from /proc/net/tcp);
     - ``scan_event_out``: emitting the ``scan`` event (JSON line, store, exec hook queue);
     - ``block_to_nft``: ``Blocker.block`` up to the nft call (lock, reading blocks.json);
@@ -367,6 +406,12 @@ def stages(trace: list[dict[str, Any]], t_probe: float) -> dict[str, float]:
         "batch_packets": float(batch["n"]),
         "to_detection": (scan["t0"] - batch["t1"]) * ms,
     }
+    feed = next((r for r in trace if r["fn"] == "feed" and r["t0"] >= batch["t1"]), None)
+    if feed is not None and feed["t0"] <= scan["t0"]:
+        out["to_flow_table"] = (feed["t0"] - batch["t1"]) * ms  # the ring to the flow table
+        # the flow table over the packets ahead of the probe, the detector on its events
+        # as they are made (the daemon judges inline), up to the verdict on the probe
+        out["flow_table_to_verdict"] = (scan["t0"] - feed["t0"]) * ms
     decide = inside("decide", scan)
     block = inside("block", scan)
     if decide is not None:
@@ -396,7 +441,7 @@ def stages(trace: list[dict[str, Any]], t_probe: float) -> dict[str, float]:
 def latency_daemon(
     lab: BenchLab, work: Path, trials: int, interval_us: float, count: int, tov: int | None
 ) -> list[Trial]:
-    name = "nft, block timeout " + ("50 ms (as shipped)" if tov is None else f"{tov} ms")
+    name = "nft, block timeout " + ("1 ms (as shipped)" if tov is None else f"{tov} ms")
     d = Daemon(lab.srv, work / f"daemon-tov{tov}", 9791 if tov is None else 9792, tov)
     out: list[Trial] = []
     try:
@@ -459,7 +504,8 @@ class NmapRun:
 def _nmap(lab: BenchLab, src: str, pcap: Path) -> float:
     t0 = time.monotonic()
     with capture(lab.scan, lab.scan_if, pcap):
-        lab.scan.run("nmap", "-n", "-Pn", "-sS", "-T5", "-p", "1-1000", "-S", src, "-e",
+        lab.scan.run("taskset", "-c", str(SCANNER_CPU), "nmap", "-n", "-Pn", "-sS", "-T5",
+                     "-p", "1-1000", "-S", src, "-e",
                      lab.scan_if, "--max-retries", "0", "--max-rtt-timeout", "20ms",
                      "--min-rate", "5000", lab.srv4, timeout=300)  # fmt: skip
     return time.monotonic() - t0
@@ -601,6 +647,7 @@ def _cpu_s(pid: int) -> float:
 def _hping(lab: BenchLab, seconds: float) -> int | None:
     p = lab.scan.popen("hping3", "--rand-source", "-S", "-p", "80", "--flood", "-q", lab.srv4,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    pin(p.pid, SCANNER_CPU)
     time.sleep(seconds)
     p.send_signal(signal.SIGINT)
     out = p.communicate(timeout=10)[0].decode(errors="replace")
@@ -782,7 +829,7 @@ def main() -> int:
         if "latency" in parts:
             print("latency: threshold probe -> block in effect", flush=True)
             all_trials: list[Trial] = []
-            for tov in (None, 1):
+            for tov in (None,):
                 all_trials += latency_daemon(lab, work, args.trials, args.interval_us,
                                              args.probes, tov)  # fmt: skip
             all_trials += latency_xdp(lab, work, args.trials, args.interval_us, 200)

@@ -374,6 +374,9 @@ def test_expiry_rescan_escalation_and_unblock(lab: Lab, tmp_path: Path) -> None:
         assert len(blocks) == 2 and len(d.of("scan", scanner=lab.scan4, summary=False)) == 2
         second = blocks[1]
         assert second["until"] == pytest.approx(second["ts"] + 12, abs=0.5)
+        deadline = time.monotonic() + 5
+        while lab.scan4 not in blocks_json(d) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "offence 2" in blocks_json(d)[lab.scan4]["reason"]
         assert lab.scan.call(tcp_try, lab.srv4, 80) == "timeout"
         # by hand
