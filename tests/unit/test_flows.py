@@ -192,7 +192,7 @@ def test_active_since_snapshots_recent_open_flows() -> None:
     t.packet(1.0, pkt(A, B, 1, 2, proto=17))
     t.packet(3.0, pkt(A, C, 3, 4, proto=17))
     t.packet(6.0, pkt(A, C, 3, 4, proto=17, length=100))
-    t.packet(6.5, pkt(A, D, 5, 6, proto=17))  # began after `since`: its `new` is fresh enough
+    t.packet(6.5, pkt(A, D, 5, 6, proto=17))  # one packet: its `new` said it all
     snaps = t.active_since(4.0)
     assert [(e.sport, e.orig_pkts, e.orig_bytes, e.event, e.duration) for e in snaps] == [
         (3, 2, 160, EventType.NEW, 3.0)

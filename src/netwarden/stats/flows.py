@@ -541,17 +541,17 @@ class FlowTable:
         return ended
 
     def active_since(self, since: float) -> list[Event]:
-        """Snapshots of the open flows active since ``since`` that began before it: ``new``
-        events with the counters and duration so far (keeps the store fresh for long flows;
-        a younger flow's own ``new`` is recent enough, and under a flood of one-packet flows
-        there are tens of thousands of those). Looks only at the recent end of each queue."""
+        """Snapshots of the open flows active since ``since``: ``new`` events with the
+        counters and duration so far (keeps the store fresh for long flows). A flow of one
+        packet is left out: its own ``new`` said all there is (a spoofed flood makes tens of
+        thousands of those). Looks only at the recent end of each queue."""
         out = []
         for q in self._queues:
             for key in reversed(q):
                 f = q[key]
                 if f.last < since:
                     break
-                if f.first < since and (f.syn or not self._syn_only):
+                if f.last > f.first and (f.syn or not self._syn_only):
                     out.append(self._event(f, EventType.NEW, snapshot=True))
         return out
 
