@@ -204,15 +204,8 @@ class Pipeline:
         detection raised (in that order, so a ``scan`` follows the ``new`` events that
         caused it)."""
         if self.defense is not None and not self._inline:
-            self._now = max(self._now, time.time())
-            feed = self.defense.feed
-            now = self._now
-            self._judging = True
-            try:
-                for e in events:
-                    feed(e, now)
-            finally:
-                self._judging = False
+            for e in events:
+                self._judge(e)
         output = self._output
         for e in events:
             output(e)
@@ -231,7 +224,8 @@ class Pipeline:
                     self.wake.set()
 
     def _judge(self, e: Event) -> None:
-        """Detection of one event as the source makes it (under :attr:`lock`)."""
+        """Detection of one event (as the packet source makes it, under :attr:`lock`, or
+        from :meth:`handle_batch` for the other backends)."""
         if self.defense is None:
             return
         self._now = max(self._now, time.time())

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from netwarden.act import nft as render
 from netwarden.act.libnftables import Nft, NftError, NftRunner
-from netwarden.detect.policy import IPNetwork, as_network
+from netwarden.detect.policy import IPNetwork, as_network, network_key
 from netwarden.errors import NetwardenError, RuntimeFailure, UsageError
 
 __all__ = ["LOCK_FILE", "STATE_FILE", "Block", "Blocker", "SetWriter", "StartResult"]
@@ -76,10 +76,6 @@ LOCK_FILE = "blocks.lock"
 _VERSION = 1
 
 
-def _key(net: IPNetwork) -> tuple[int, int, int]:
-    return (net.version, int(net.network_address), net.prefixlen)
-
-
 @dataclass(frozen=True, slots=True)
 class Block:
     """One active block: an address (a /32 or /128) or a CIDR."""
@@ -98,8 +94,7 @@ class Block:
     line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        n = self.net
-        object.__setattr__(self, "key", _key(n))
+        object.__setattr__(self, "key", network_key(self.net))
 
     @property
     def addr(self) -> str:
@@ -375,7 +370,7 @@ class Blocker:
         fsync, which :meth:`sync` does later: the next event need not wait for the disk.
         """
         net = as_network(target, "block")
-        key = _key(net)
+        key = network_key(net)
         if duration is not None and (duration < 0 or math.isnan(duration)):
             raise UsageError("negative", option="--for", value=duration)
         if self._guard is not None:
@@ -423,7 +418,7 @@ class Blocker:
     def unblock(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
         """Remove a block; returns it, or None if the target was not blocked."""
         net = as_network(target, "unblock")
-        key = _key(net)
+        key = network_key(net)
         now = self._clock()
         with self._locked() as blocks:
             old = next((b for b in blocks if b.key == key), None)
@@ -459,7 +454,7 @@ class Blocker:
     def get(self, target: str | IPv4Address | IPv6Address | IPNetwork) -> Block | None:
         """The active block of exactly this address or CIDR, if any."""
         net = as_network(target)
-        key = _key(net)
+        key = network_key(net)
         return next((b for b in self.blocks() if b.key == key), None)
 
     def kernel_elements(self) -> dict[str, list[render.KernelElement]]:

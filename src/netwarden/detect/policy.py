@@ -51,7 +51,7 @@ from ipaddress import (
 from netwarden.errors import UsageError
 from netwarden.events import Direction, Event, IPAddress, ScanKind
 
-__all__ = ["Decision", "Policy", "PolicyConfig", "as_network"]
+__all__ = ["Decision", "Policy", "PolicyConfig", "as_network", "network_key"]
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -267,7 +267,7 @@ class Policy:
             return no(f"{info.scanner} has an established connection")
         if not self.config.blocking:
             return no("blocking is off")
-        duration, offence = self._offend(_target_key(scanner), now)
+        duration, offence = self._offend(network_key(scanner), now)
         if info.kind is ScanKind.PORT:
             what = f"port scan: {len(info.ports)} ports"
             if scan.dst is not None:
@@ -282,7 +282,7 @@ class Policy:
 
     def ban_for(self, addr: IPAddress | IPNetwork, now: float) -> tuple[float | None, int]:
         """The block length (None = no timeout) and offence number a block at ``now`` gets."""
-        return self._ban_for(_target_key(addr), now)
+        return self._ban_for(network_key(addr), now)
 
     def _ban_for(self, key: tuple[int, int, int], now: float) -> tuple[float | None, int]:
         c = self.config
@@ -308,13 +308,14 @@ class Policy:
 
     def offences(self, addr: IPAddress | IPNetwork) -> int:
         """How many blocks of ``addr`` are remembered."""
-        o = self._offenders.get(_target_key(addr))
+        o = self._offenders.get(network_key(addr))
         return 0 if o is None else o.count
 
 
-def _target_key(target: IPAddress | IPNetwork) -> tuple[int, int, int]:
-    """(version, network as int, prefix length) of an address or CIDR; an address needs no
-    network object (building one costs microseconds)."""
+def network_key(target: IPAddress | IPNetwork) -> tuple[int, int, int]:
+    """(version, network as int, prefix length) of an address or CIDR: equal for the same
+    network, cheaper to hash and compare than the network; an address needs no network
+    object (building one costs microseconds)."""
     if isinstance(target, IPv4Address):
         return (4, int(target), 32)
     if isinstance(target, IPv6Address) and target.ipv4_mapped is None:

@@ -67,7 +67,8 @@ _NQ = 9
 _ON_REPLY = {_Q_TCP_OPEN: _Q_TCP_REPLIED, _Q_UDP: _Q_UDP_REPLIED}
 #: the initiator's next packet confirms it
 _ON_CONFIRM = {_Q_TCP_REPLIED: _Q_TCP_EST, _Q_UDP_REPLIED: _Q_UDP_STREAM}
-#: unconfirmed flows (anybody can make them with spoofed packets): bounded apart
+#: unconfirmed flows (anybody can make them with spoofed packets), and closing ones (a
+#: spoofed SYN answered by RST lingers there; ending anyway): bounded apart
 _UNCONFIRMED = (_Q_TCP_OPEN, _Q_TCP_REPLIED, _Q_UDP, _Q_UDP_REPLIED, _Q_ICMP, _Q_OTHER, _Q_CLOSING)
 
 _MAX_FRAGS = 4096
@@ -506,7 +507,8 @@ class FlowTable:
 
     @property
     def unconfirmed(self) -> int:
-        """Open flows not confirmed by their initiator after a reply (see ``max_unconfirmed``)."""
+        """Open flows not confirmed by their initiator after a reply, closing ones included
+        (what ``max_unconfirmed`` bounds)."""
         return self._unconfirmed()
 
     def _evict_one(self, now: float, among: Iterable[int] = range(_NQ)) -> None:
