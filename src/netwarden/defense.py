@@ -275,7 +275,12 @@ class Defense:
             self._unblocked(self._known[addr], now)
 
     def _unblocked(self, b: Any, now: float) -> None:
-        self._known.pop(b.addr, None)
+        if self._known.get(b.addr) != b:
+            # already reported (a block that ran out between reading the file and expiring
+            # it is seen by both), or an older block of an address blocked again since: the
+            # block in force stays known and its scanner stays remembered
+            return
+        del self._known[b.addr]
         for x in self.xdp:
             try:
                 x.unblock(b.net)
