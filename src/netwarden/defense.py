@@ -286,7 +286,7 @@ class Defense:
                 x.unblock(b.net)
             except NetwardenError as exc:
                 log.error("XDP unblock of %s on %s: %s", b.addr, x.iface, exc)
-        self.detector.forget(b.net if b.net.num_addresses > 1 else b.net.network_address)
+        self.detector.forget(b.net if b.net.num_addresses > 1 else b.net.network_address, now)
         self.emit(block_event(b, EventType.UNBLOCK, None, now))
 
     def set_own_addresses(self, addrs: Iterable[bytes]) -> None:

@@ -482,7 +482,7 @@ def test_summary_ports_are_the_lowest_32() -> None:
 def test_forget_starts_over() -> None:
     det = ScanDetector()
     play(det, ports_script([1, 2, 3, 4]))
-    assert det.forget(SCANNER) == 1
+    assert det.forget(SCANNER, 9.0) == 1
     assert not det.is_scanner(SCANNER)
     assert play(det, ports_script([5, 6, 7], t0=10.0)) == []
     assert det.feed(ev(dport=8), 13.0) == [scan(13.0, ScanKind.PORT, (5, 6, 7, 8), probes=4)]
@@ -492,8 +492,27 @@ def test_forget_a_network() -> None:
     det = ScanDetector()
     play(det, ports_script([1, 2]))
     play(det, ports_script([1, 2], src=OTHER))
-    assert det.forget(ip_network("203.0.113.0/24")) == 1
+    assert det.forget(ip_network("203.0.113.0/24"), 1.0) == 1
     assert det.stats()["suspects"] == 1 and det.stats()["entries"] == 2
+
+
+def test_after_forget_the_outcomes_of_earlier_attempts_do_not_count() -> None:
+    """A scanner unblocked (or whose block ran out) at t=20 is not blocked again for the
+    probes it made before: their flows ending later (unanswered) are ignored; an attempt
+    started after the unblock counts, and after one window the memory of the unblock goes."""
+    det = ScanDetector(DetectorConfig(scan_window=60.0))
+    play(det, ports_script([1, 2, 3, 4]))
+    det.forget(SCANNER, 20.0)
+    assert det.stats()["cleared"] == 1
+    for i, p in enumerate(range(10, 40)):  # started at 5..19, ended unanswered at 22
+        assert det.feed(ev(END, dport=p, duration=17.0 - i * 0.5, ts=22.0), 22.0) == []
+    assert det.stats()["suspects"] == 0
+    # started after the unblock: counted (3 failed ports are a scan)
+    out = [det.feed(ev(END, dport=p, duration=1.0, ts=25.0), 25.0) for p in (50, 51, 52)]
+    assert out[:2] == [[], []] and out[2][0].scan is not None
+    assert out[2][0].scan.ports == (50, 51, 52)
+    det.tick(81.0)
+    assert det.stats()["cleared"] == 0
 
 
 # ---------------------------------------------------------------------- bounds

@@ -10,7 +10,7 @@ API (what ``netwarden run`` wires)::
         ...                             # scan: an Event with event=scan and .scan set
     for scan in det.tick(now):          # call about once a second: periodic summaries
         ...                             # of known scanners, expiry of idle state
-    det.forget(addr_or_network)         # on unblock and on block expiry
+    det.forget(addr_or_network, now)    # on unblock and on block expiry
     det.is_scanner(addr)                # a known scanner (its probes are being summarized)
     det.stats()                         # counters and sizes, for metrics
 
@@ -48,6 +48,12 @@ Once a source is a known scanner
     ``summary=True`` carries their count (``probes``), the lowest 32 ports and the number of
     targets (at most 256 are told apart). After ``scanner_idle`` seconds without attempts it
     is forgotten (a pending summary is emitted first), as it is by :meth:`forget`.
+
+After :meth:`forget` (an unblock, a block that ran out)
+    The source starts afresh: only attempts it makes from then on count. The outcomes of
+    attempts it made before (``end`` events of flows started earlier, e.g. the probes of
+    the scan that got it blocked, ending when their linger runs out) are ignored for one
+    window, so a scanner is never blocked twice for the same probes.
 
 Bounds (nothing grows with the number of sources beyond these; every drop is counted)
     suspects (sources not yet reported): at most ``max_sources``, least recently active
@@ -225,6 +231,8 @@ class ScanDetector:
         self._per_source = c.attempts_per_source
         self._suspects: OrderedDict[_Key, _Suspect] = OrderedDict()
         self._scanners: OrderedDict[_Key, _Scanner] = OrderedDict()
+        #: sources forgotten within the window: when (attempts started before do not count)
+        self._cleared: OrderedDict[_Key, float] = OrderedDict()
         self._entries = 0
         # counters (see stats())
         self.attempts = 0
@@ -278,6 +286,8 @@ class ScanDetector:
             at = min(e.ts, now) - (e.duration or 0.0)
             if at < now - self._window:
                 return []
+            if self._cleared and at <= self._cleared.get(key, -1.0):
+                return []  # started before the source was forgotten (unblocked)
         else:
             points = self.config.failed_points if kind is EventType.PROBE else _OK
             at = now
@@ -477,6 +487,9 @@ class ScanDetector:
             if sc.probes and now - sc.since >= interval:
                 out.append(self._summary(sc, now))
         horizon = now - self._window
+        cleared = self._cleared
+        while cleared and next(iter(cleared.values())) < horizon:
+            cleared.popitem(last=False)
         suspects = self._suspects
         while suspects:
             k, s = next(iter(suspects.items()))
@@ -486,14 +499,16 @@ class ScanDetector:
             self._entries -= len(s.attempts)
         return out
 
-    def forget(self, target: IPAddress | IPv4Network | IPv6Network) -> int:
+    def forget(self, target: IPAddress | IPv4Network | IPv6Network, now: float) -> int:
         """Clear what is remembered of a source address (or of every source in a network).
 
-        Used on unblock and on block expiry. Sources keyed by a local process (pid) are not
-        touched. Returns how many sources were forgotten.
+        Used on unblock and on block expiry. The outcomes (``end`` events) of attempts the
+        source started before ``now`` are ignored from then on. Sources keyed by a local
+        process (pid) are not touched. Returns how many sources were forgotten.
         """
         if isinstance(target, IPv4Address | IPv6Address):
             key = _aint(target)
+            self._clear(key, now)
             n = 0
             s = self._suspects.pop(key, None)
             if s is not None:
@@ -512,10 +527,18 @@ class ScanDetector:
             ]
             for k in doomed:
                 v = table.pop(k)
+                self._clear(k, now)
                 if isinstance(v, _Suspect):
                     self._entries -= len(v.attempts)
             n += len(doomed)
         return n
+
+    def _clear(self, key: _Key, now: float) -> None:
+        cleared = self._cleared
+        cleared.pop(key, None)
+        cleared[key] = now
+        while len(cleared) > self.config.max_sources:
+            cleared.popitem(last=False)
 
     def is_scanner(self, addr: IPAddress) -> bool:
         """Whether ``addr`` is a known (reported, not yet forgotten) scanner."""
@@ -535,4 +558,5 @@ class ScanDetector:
             "suspects": len(self._suspects),
             "scanners": len(self._scanners),
             "entries": self._entries,
+            "cleared": len(self._cleared),
         }
