@@ -340,9 +340,10 @@ def _run(
             "buffer_kib": cfg.buffer_size,
             "max_flows": cfg.max_flows,
             "max_unconfirmed": cfg.max_unconfirmed,
-            # a block is handed over when full or after this long: with --block, the time
-            # from a scanner's threshold probe to its block (half of it on average)
-            "block_timeout_ms": 1 if cfg.block else 10,
+            # a ring block is handed over when full or after 10 ms; with --block each packet
+            # is handed over as it arrives (a scanner's threshold probe judged at once)
+            "block_timeout_ms": 10,
+            "immediate": cfg.block,
         }
         if cfg.backend in ("sniff", "auto"):
             from netwarden.stats.packets import PayloadInspector

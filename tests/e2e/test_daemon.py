@@ -160,9 +160,16 @@ def wait_for(pred: object, timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_report_query_stats_against_nft_counters(hosts: VethPair, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [(), ("--block",)], ids=["ring-blocks", "immediate-frames-with-block"]
+)
+def test_report_query_stats_against_nft_counters(
+    hosts: VethPair, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """The counts against the kernel's: with TPACKET_V3 blocks, and with ``--block``, which
+    reads the ring's TPACKET_V2 frames one packet at a time."""
     a = hosts.a
-    d = Daemon(a, tmp_path)
+    d = Daemon(a, tmp_path, *extra)
     try:
         sizes = a.call(traffic)
         assert sizes == [n for _, (c, n) in REMOTES.items() for _ in range(c)]

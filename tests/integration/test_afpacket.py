@@ -1,4 +1,7 @@
-"""The TPACKET_V3 ring against a real kernel: two namespaces joined by a veth pair.
+"""The capture ring against a real kernel: two namespaces joined by a veth pair.
+
+Both layouts run every test that concerns them: TPACKET_V3 blocks and the immediate
+TPACKET_V2 frames (``run --block``), whose packets longer than a frame are kept truncated.
 
 Known UDP datagrams and a TCP connection go from namespace b to namespace a; the capture runs
 in a (this thread is moved there while the socket is made). Counts are exact: filters keep
@@ -8,6 +11,7 @@ packets are in, or a generous deadline", never a timing assertion.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -45,11 +49,16 @@ class Seen:
     dport: int
     tcp_flags: int
     seq: int
+    #: the L4 payload's length on the wire (the capture may hold less: a truncated frame)
+    body_len: int
     payload: bytes
 
 
-def decode(data: bytes, linktype: int) -> tuple[int, int, str, str, int, int, int, int, bytes]:
-    """(family, proto, src, dst, sport, dport, tcp flags, seq, payload) of an IP packet."""
+def decode(
+    data: bytes, linktype: int, wirelen: int | None = None
+) -> tuple[int, int, str, str, int, int, int, int, int, bytes]:
+    """(family, proto, src, dst, sport, dport, tcp flags, seq, payload length on the wire,
+    payload) of an IP packet ``wirelen`` long on the wire (by default: as captured)."""
     off = 0
     if linktype == LINKTYPE_ETHERNET:
         ethertype = struct.unpack_from("!H", data, 12)[0]
@@ -79,9 +88,12 @@ def decode(data: bytes, linktype: int) -> tuple[int, int, str, str, int, int, in
         body = l4 + hlen
     else:
         body = l4 + 8
-    if end == off:  # IPv4 total length 0: a TSO super-packet; the capture has it all
+    wire_end = end
+    if end == off:  # IPv4 total length 0: a TSO super-packet; its length is the wire's
         end = len(data)
-    return version, proto, src, dst, sport, dport, flags, seq, bytes(data[body:end])
+        wire_end = len(data) if wirelen is None else wirelen
+    payload = bytes(data[body:end])
+    return version, proto, src, dst, sport, dport, flags, seq, wire_end - body, payload
 
 
 def collect(
@@ -98,7 +110,7 @@ def collect(
     for batch in cap.batches(0.1):
         for _ts, data, wirelen, linktype, ifindex, segs in batch:
             assert len(data) <= wirelen
-            fields = decode(bytes(data), linktype)
+            fields = decode(bytes(data), linktype, wirelen)
             seen.append(Seen(linktype, ifindex, wirelen, segs, *fields))
         if done(seen) or time.monotonic() > deadline:
             quiet += 0 if batch else 1
@@ -151,17 +163,28 @@ def capture_in(ns: Netns, iface: str | None, **kwargs: object) -> RingCapture:
 
 pytestmark = pytest.mark.root
 
+IMMEDIATE = 2048  # the frame size netwarden run --block uses
+
+
+@pytest.fixture(params=[None, IMMEDIATE], ids=["blocks", "immediate"])
+def frames(request: pytest.FixtureRequest) -> int | None:
+    """The ring layout: TPACKET_V3 blocks (None) or immediate TPACKET_V2 frames."""
+    value: int | None = request.param
+    return value
+
 
 # ---- exact UDP counts --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("iface", ["veth", None], ids=["iface", "all-interfaces"])
-def test_udp_exact_counts_and_payloads(veth: VethPair, iface: str | None) -> None:
+def test_udp_exact_counts_and_payloads(
+    veth: VethPair, iface: str | None, frames: int | None
+) -> None:
     port = 40123
     v4, v6 = payloads("v4", 25), payloads("v6", 15)
     noise = payloads("noise", 10)
     name = veth.a_if if iface == "veth" else None
-    with capture_in(veth.a, name, filter_expr=f"udp port {port}") as cap:
+    with capture_in(veth.a, name, filter_expr=f"udp port {port}", frame_size=frames) as cap:
         sender = veth.b.spawn(
             lambda: (
                 send_udp(veth.a4, port, v4)
@@ -203,10 +226,10 @@ def test_outgoing_packets_are_kept_on_non_loopback(veth: VethPair) -> None:
 
 
 @pytest.mark.parametrize("iface", ["lo", None], ids=["lo", "all-interfaces"])
-def test_loopback_packets_are_seen_once(ns: Netns, iface: str | None) -> None:
+def test_loopback_packets_are_seen_once(ns: Netns, iface: str | None, frames: int | None) -> None:
     port = 40300
     v4, v6 = payloads("lo4", 20), payloads("lo6", 20)
-    with capture_in(ns, iface, filter_expr=f"udp port {port}") as cap:
+    with capture_in(ns, iface, filter_expr=f"udp port {port}", frame_size=frames) as cap:
         ns.call(lambda: send_udp("127.0.0.1", port, v4) + send_udp("::1", port, v6))
         seen = collect(cap, count_of(len(v4) + len(v6)))
         packets, _ = cap.stats()
@@ -244,14 +267,16 @@ def tcp_server(ns: Netns, addr: str, port: int) -> tuple[threading.Thread, list[
 
 @pytest.mark.parametrize("iface", ["veth", None], ids=["iface", "all-interfaces"])
 @pytest.mark.parametrize("family", [4, 6])
-def test_tcp_connection_bytes_and_segments(veth: VethPair, iface: str | None, family: int) -> None:
+def test_tcp_connection_bytes_and_segments(
+    veth: VethPair, iface: str | None, family: int, frames: int | None
+) -> None:
     port = 40400
     a_addr, b_addr = (veth.a4, veth.b4) if family == 4 else (veth.a6, veth.b6)
     data = bytes(range(256)) * 1200  # 307200 bytes: offloaded as GSO super-packets
     name = veth.a_if if iface == "veth" else None
     segs_a0 = veth.a.call(tcp_segments)
     segs_b0 = veth.b.call(tcp_segments)
-    with capture_in(veth.a, name, filter_expr=f"tcp port {port}") as cap:
+    with capture_in(veth.a, name, filter_expr=f"tcp port {port}", frame_size=frames) as cap:
         server, got = tcp_server(veth.a, a_addr, port)
         reply = veth.b.call(tcp_client, a_addr, port, data)
         server.join(DEADLINE)
@@ -286,8 +311,20 @@ def test_tcp_connection_bytes_and_segments(veth: VethPair, iface: str | None, fa
         for i, p in enumerate(fwd)
         if i == 0 or (p.seq, p.payload) != (fwd[i - 1].seq, fwd[i - 1].payload)
     ]
-    stream = b"".join(p.payload for p in kept)
-    assert stream == data
+    isn = next(p.seq for p in fwd if p.tcp_flags & 0x02) + 1
+    if frames is None:
+        stream = b"".join(p.payload for p in kept)
+        assert stream == data
+    else:
+        # frames hold the first ~1950 bytes of a super-packet; what they hold is right, and
+        # the lengths on the wire add up to the whole stream
+        assert all(p.payload == data[p.seq - isn :][: len(p.payload)] for p in kept)
+        assert any(len(p.payload) < p.body_len for p in kept)
+        assert all(len(p.payload) <= IMMEDIATE for p in seen)
+    assert sum(p.body_len for p in kept) == len(data)
+    assert [p.seq - isn for p in kept if p.body_len] == list(
+        itertools.accumulate([p.body_len for p in kept if p.body_len][:-1], initial=0)
+    )
     # offloaded super-packets were seen, and count as their wire segments
     assert any(p.segs > 1 for p in fwd)
     assert sum(p.segs for p in fwd) == expect_fwd
@@ -298,8 +335,8 @@ def test_tcp_connection_bytes_and_segments(veth: VethPair, iface: str | None, fa
 # ---- control ------------------------------------------------------------------------------
 
 
-def test_stop_and_close_from_another_thread(veth: VethPair) -> None:
-    with capture_in(veth.a, None, filter_expr="udp port 1") as cap:
+def test_stop_and_close_from_another_thread(veth: VethPair, frames: int | None) -> None:
+    with capture_in(veth.a, None, filter_expr="udp port 1", frame_size=frames) as cap:
         fd = cap.fileno()
         assert fd >= 0
         batches = []
@@ -313,7 +350,7 @@ def test_stop_and_close_from_another_thread(veth: VethPair) -> None:
     assert cap.fileno() == -1
     cap.close()  # idempotent
 
-    cap = capture_in(veth.a, veth.a_if)
+    cap = capture_in(veth.a, veth.a_if, frame_size=frames)
     closer = threading.Timer(0.3, cap.close)
     closer.start()
     for _ in cap.batches(0.05):
@@ -323,12 +360,22 @@ def test_stop_and_close_from_another_thread(veth: VethPair) -> None:
     assert cap.stats() == cap.stats()  # last totals are kept after close
 
 
-@pytest.mark.parametrize("block_timeout_ms", [50, 2000])
-def test_stop_hands_over_every_counted_packet(veth: VethPair, block_timeout_ms: int) -> None:
+@pytest.mark.parametrize(
+    ("block_timeout_ms", "frames"),
+    [(50, None), (2000, None), (50, IMMEDIATE)],
+    ids=["blocks-50ms", "blocks-2s", "immediate"],
+)
+def test_stop_hands_over_every_counted_packet(
+    veth: VethPair, block_timeout_ms: int, frames: int | None
+) -> None:
     port = 40500
     sent = payloads("stop", 30)
     with capture_in(
-        veth.a, veth.a_if, filter_expr=f"udp port {port}", block_timeout_ms=block_timeout_ms
+        veth.a,
+        veth.a_if,
+        filter_expr=f"udp port {port}",
+        block_timeout_ms=block_timeout_ms,
+        frame_size=frames,
     ) as cap:
         veth.b.call(send_udp, veth.a4, port, sent)
         cap.stop()  # before reading anything: the kernel may still hold its current block

@@ -470,8 +470,15 @@ def test_a_verdict_sees_a_block_made_by_another_process(
     daemon.block("192.0.2.7", 60.0, durable=False)
     clock.t += 1.0
     blocker(tmp_path, rec, clock).block("192.0.2.8", 7200.0, reason="by hand")  # the CLI
+    clock.t += 100.0
+    # the daemon had not read that block yet: its verdict reaches the kernel first, then
+    # the state file says a longer block is in force, which gets its remaining time back
     assert daemon.block("192.0.2.8", 60.0, durable=False).reason == "by hand"
-    assert sets.calls == [("192.0.2.7", 60_000)]
+    assert sets.calls == [("192.0.2.7", 60_000), ("192.0.2.8", 60_000), ("192.0.2.8", 7_100_000)]
+    assert [(x.addr, x.until) for x in daemon.blocks()] == [("192.0.2.8", 8201.0)]
+    # now it knows: a shorter verdict does not touch the kernel
+    assert daemon.block("192.0.2.8", 30.0, durable=False).reason == "by hand"
+    assert len(sets.calls) == 3
 
 
 def test_a_verdict_without_the_table_recreates_it(

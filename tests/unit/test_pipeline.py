@@ -174,11 +174,20 @@ class Lock:
 
 
 class Ring:
+    """Stands in for the capture ring: hands over ``batches``; ``ready()`` says whether the
+    next one is non-empty (it was in the ring already)."""
+
     def __init__(self, batches: list[list[tuple[object, ...]]]) -> None:
         self._batches = batches
+        self._next = 0
 
     def batches(self, timeout: float) -> Any:
-        yield from self._batches
+        for i, b in enumerate(self._batches):
+            self._next = i + 1
+            yield b
+
+    def ready(self) -> bool:
+        return self._next < len(self._batches) and bool(self._batches[self._next])
 
 
 def test_the_packet_source_changes_its_flow_table_only_under_its_lock() -> None:
@@ -213,3 +222,35 @@ def test_the_packet_source_changes_its_flow_table_only_under_its_lock() -> None:
     assert seen == [True] and judged == [True, True]  # the new, and the end at the stop
     assert [[e.event for e in b] for b in batches] == [[EventType.NEW], [], [EventType.END]]
     assert not lock.held
+
+
+def test_packets_already_in_the_ring_are_judged_before_the_outputs() -> None:
+    """Three SYNs in three ring batches, all ready at once: each is judged as it is counted,
+    and the events come out together after the last (a probe never waits for the outputs
+    of the packets before it); then an empty poll, then the ends at the stop."""
+    from netwarden.capture.packets import SniffSource, _EventSource
+    from netwarden.events import Source as Kind
+    from tests import pktbuild as pb
+
+    now = time.time()
+    rings = []
+    for port in (22, 23, 25):
+        data = pb.ether(pb.ipv4("192.0.2.9", "198.51.100.1", 6, pb.tcp(40000, port, 0x02)))
+        rings.append([(now, data, len(data), 1, 1, 1)])
+    src = SniffSource.__new__(SniffSource)
+    _EventSource.__init__(
+        src, Kind.SNIFF, local_addrs=[DST.packed], timeouts=None, tcp_connections_only=False
+    )
+    src.ring = Ring([*rings, []])  # type: ignore[assignment]
+    src.poll_interval = 0.1
+    order: list[str] = []
+    src.judge = lambda e: order.append(f"judge {e.event.value} {e.dport}")
+    out = []
+    for events in src.batches():
+        order.append(f"out {len(events)}")
+        out.append([(e.event.value, e.dport) for e in events])
+    assert order == [
+        "judge new 22", "judge new 23", "judge new 25", "out 3", "out 0",
+        "judge end 22", "judge end 23", "judge end 25", "out 3",
+    ]  # fmt: skip
+    assert out[0] == [("new", 22), ("new", 23), ("new", 25)]

@@ -141,6 +141,11 @@ class StartResult:
     refused: list[tuple[Block, str]] = field(default_factory=list)
 
 
+def _outlasts(b: Block, until: float | None) -> bool:
+    """Whether block ``b`` lasts at least until ``until`` (None: until unblocked)."""
+    return b.until is None or (until is not None and b.until >= until)
+
+
 def _timeout_ms(until: float | None, now: float) -> int | None:
     if until is None:
         return None
@@ -201,6 +206,7 @@ class Blocker:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            self._cache = ((0, 0, -1), [])  # known to be empty (a size no file has)
             return []
         except OSError as exc:
             raise RuntimeFailure(f"{self.path}: {exc.strerror}") from None
@@ -350,6 +356,7 @@ class Blocker:
                     continue
                 keep.append(b)
             self._nft.run(self._start_commands(keep, now))
+            self._writer()  # opened now, not on the first verdict's way
             result.restored.extend(keep)
             blocks[:] = keep
         return result
@@ -382,12 +389,35 @@ class Blocker:
         now = self._clock()
         until = None if not duration else now + duration
         new = Block(net, now, until, reason, tuple(sorted(set(ports))))
+        single = net.prefixlen == net.max_prefixlen
+        # A verdict's address goes to the kernel before the state file is locked and read
+        # (that costs a few hundred microseconds the scanner would have to probe in): unless
+        # the blocks last read or written say a longer block is in force. The check under
+        # the lock below sets the kernel right if another process blocked it for longer.
+        in_kernel = False
+        if single and not durable and self._cache is not None:
+            seen = next((b for b in self._cache[1] if b.key == key), None)
+            writer = self._writer()
+            if writer is not None and (seen is None or not _outlasts(seen, until)):
+                try:
+                    writer.replace(net.network_address, _timeout_ms(until, now))
+                    in_kernel = True
+                except NftError as exc:
+                    if not exc.no_such_object:
+                        raise  # else: the path below creates the table
         with self._locked(durable) as blocks:
             blocks[:] = [b for b in blocks if not b.expired(now)]
             old = next((b for b in blocks if b.key == key), None)
-            if old is not None and (
-                old.until is None or (until is not None and old.until >= until)
-            ):
+            if old is not None and _outlasts(old, until):
+                if in_kernel:  # its own timeout back
+                    self._apply(
+                        lambda: render.replace_elements(
+                            [render.Element(old.net, _timeout_ms(old.until, now))], self.table
+                        ),
+                        blocks,
+                        now,
+                        old,
+                    )
                 return old
             if net.prefixlen != net.max_prefixlen:
                 for b in blocks:
@@ -403,15 +433,15 @@ class Blocker:
                             value=new.addr,
                         )
             rest = [b for b in blocks if b.key != key]
-            fast = new if net.prefixlen == net.max_prefixlen else None
-            self._apply(
-                lambda: render.replace_elements(
-                    [render.Element(net, _timeout_ms(until, now))], self.table
-                ),
-                [*rest, new],
-                now,
-                fast,
-            )
+            if not in_kernel:
+                self._apply(
+                    lambda: render.replace_elements(
+                        [render.Element(net, _timeout_ms(until, now))], self.table
+                    ),
+                    [*rest, new],
+                    now,
+                    new if single else None,
+                )
             blocks[:] = [*rest, new]
         return new
 

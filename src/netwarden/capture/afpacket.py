@@ -1,8 +1,18 @@
-"""Live capture: an AF_PACKET socket with a TPACKET_V3 receive ring, read a block at a time.
+"""Live capture: an AF_PACKET socket with a memory-mapped receive ring, read in batches.
 
-The kernel fills blocks of the memory-mapped ring and retires one when it is full or when
-``block_timeout_ms`` has passed since its first packet. :meth:`RingCapture.batches` hands over
-one retired block per step as a list of plain tuples::
+Two layouts (the caller picks one; both hand over the same batches):
+
+* blocks (TPACKET_V3, the default): the kernel fills blocks of the ring and retires one when
+  it is full or when ``block_timeout_ms`` has passed since its first packet; a batch is one
+  retired block. Cheapest per packet; a packet waits up to the block timeout.
+* immediate (TPACKET_V2 frames of ``frame_size`` bytes, libpcap's immediate mode): the
+  reader wakes at each packet and a batch is every frame ready then: one packet when the
+  host is quiet, many under load. ``netwarden run --block`` uses it, so a scanner's
+  threshold probe is judged as soon as it arrives. A packet longer than a frame holds (a
+  GRO/TSO super-packet; about 1950 bytes fit in 2 KiB frames) is kept truncated: its
+  ``wirelen`` and ``segs`` stay exact, payload beyond the frame is not seen.
+
+:meth:`RingCapture.batches` hands over each batch as a list of plain tuples::
 
     (ts, data, wirelen, linktype, ifindex, segs)
 
@@ -11,7 +21,8 @@ ring starting at the link-layer header (``linktype`` 1, Ethernet) or at the IP h
 (``linktype`` 101, raw IP), ``wirelen`` the packet's length from that point on the wire,
 ``ifindex`` the interface it was seen on (see :meth:`RingCapture.ifname`), ``segs`` how many
 packets it was on the wire (see "Offloads" below). The memoryviews stay valid only until the
-next batch is requested: then the block goes back to the kernel. Copy what must be kept.
+next batch is requested: then the block (or the frames) go back to the kernel. Copy what must
+be kept.
 
 Modes:
 
@@ -33,7 +44,7 @@ replaces the drop-all one. Packets that do not match are never copied and never 
 
 Offloads: bytes count as on the wire (INTERFACE.md), so a GSO/GRO super-packet must count as
 its segments. On ``SOCK_RAW`` sockets (``-i`` on Ethernet or loopback) the kernel accepts
-``PACKET_VNET_HDR`` together with TPACKET_V3 (checked on Linux 6.18) and writes a
+``PACKET_VNET_HDR`` together with TPACKET_V3 and V2 (checked on Linux 6.18) and writes a
 ``virtio_net_hdr`` in front of each packet: ``segs`` is then exact,
 ``ceil((len - headers) / gso_size)``, with the headers' length read from the packet itself.
 The kernel refuses ``PACKET_VNET_HDR`` on ``SOCK_DGRAM`` sockets (all interfaces, tun, ...):
@@ -91,6 +102,7 @@ PACKET_STATISTICS: Final = 6
 PACKET_VERSION: Final = 10
 PACKET_VNET_HDR: Final = 15
 PACKET_MR_PROMISC: Final = 1
+TPACKET_V2: Final = 1
 TPACKET_V3: Final = 2
 PACKET_OUTGOING: Final = 4
 ETH_P_ALL: Final = 0x0003
@@ -127,14 +139,20 @@ _VNET: Final = struct.Struct("<BBHHHH")
 _VNET_LEN: Final = _VNET.size
 _VNET_GSO_UDP_L4: Final = 5
 _TPACKET_STATS_V3: Final = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
+_TPACKET_STATS: Final = struct.Struct("II")  # tp_packets, tp_drops (V1, V2)
+# struct tpacket2_hdr: tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_sec, tp_nsec,
+# tp_vlan_tci, tp_vlan_tpid, padding (4); then, at TPACKET_ALIGN(32), struct sockaddr_ll:
+# family, protocol, ifindex (offset 36)
+_FRAME: Final = struct.Struct("<IIIHHII8x4xi")
 
 _CAP_FIX: Final = f"run as root or: setcap cap_net_raw+ep {os.path.realpath(sys.executable)}"
 
 
 class RingCapture:
-    """A TPACKET_V3 ring on one interface (``iface``) or on all (``iface=None``).
+    """A capture ring on one interface (``iface``) or on all (``iface=None``): TPACKET_V3
+    blocks, or with ``frame_size`` TPACKET_V2 frames handed over at once.
 
-    See the module docstring for the packet tuples, modes, filters and offloads.
+    See the module docstring for the packet tuples, layouts, modes, filters and offloads.
     ``stats()`` gives ``(packets, drops)`` since the start: packets the filter accepted and
     the kernel put in the ring, and packets it accepted but had to drop (ring full).
     Not thread-safe except for :meth:`stop` and :meth:`close`.
@@ -149,6 +167,7 @@ class RingCapture:
         block_size: int = 1 << 20,
         block_count: int = 64,
         block_timeout_ms: int = 50,
+        frame_size: int | None = None,
         promisc: bool = False,
     ) -> None:
         if snaplen <= 0:
@@ -157,6 +176,10 @@ class RingCapture:
             raise ValueError(f"block_size must be a positive multiple of {mmap.PAGESIZE}")
         if block_count <= 0 or block_timeout_ms <= 0:
             raise ValueError("block_count and block_timeout_ms must be positive")
+        if frame_size is not None and (
+            frame_size < 256 or frame_size % 16 or block_size % frame_size
+        ):
+            raise ValueError("frame_size must be a multiple of 16 dividing block_size, >= 256")
         if iface in ("", "any"):
             iface = None
         self.iface = iface
@@ -164,6 +187,12 @@ class RingCapture:
         self.block_size = block_size
         self.block_count = block_count
         self.block_timeout_ms = block_timeout_ms
+        #: TPACKET_V2 frames (immediate hand-over) when set, else TPACKET_V3 blocks
+        self.frame_size = frame_size
+        self._frame = 0  # immediate: the next frame to read
+        self._frame_count = 0
+        self._frames_held = 0  # immediate: frames handed out and not back yet
+        self._poller: select.poll | None = None
         self._stop = False
         self._closing = False
         self._busy = False
@@ -223,18 +252,22 @@ class RingCapture:
             self._drain()
             self._attach(self._kernel_program(hatype))
             self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
+            self._poller.register(self._wake_fd, select.POLLIN)
             self._packets = self._drops = 0  # counting starts with the real filter
         except BaseException:
             self._teardown()
             raise
         log.debug(
-            "capturing on %s: %s, linktype %d, vnet_hdr %s, ring %d x %d bytes",
+            "capturing on %s: %s, linktype %d, vnet_hdr %s, ring %d x %d bytes, %s",
             iface or "all interfaces",
             "SOCK_RAW" if raw else "SOCK_DGRAM",
             self.linktype,
             self._vnet,
-            block_count,
+            self.block_count,
             block_size,
+            f"{self._frame_count} frames of {frame_size}" if frame_size else "blocks",
         )
 
     # ---- set-up -------------------------------------------------------------------------
@@ -242,7 +275,8 @@ class RingCapture:
     def _setup_ring(self, *, vnet: bool) -> None:
         sock = self._sock
         assert sock is not None
-        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        frames = self.frame_size
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2 if frames else TPACKET_V3)
         if vnet:
             try:
                 sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
@@ -251,22 +285,27 @@ class RingCapture:
                 log.debug("PACKET_VNET_HDR refused: %s", exc)
         count = self.block_count
         while True:
-            req = struct.pack(
-                "7I",
-                self.block_size,
-                count,
-                self.block_size,  # tp_frame_size: one "frame" per block (unused by V3)
-                count,
-                self.block_timeout_ms,
-                0,
-                0,
-            )
+            if frames:
+                # struct tpacket_req: block size and number, frame size and number
+                per_block = self.block_size // frames
+                req = struct.pack("4I", self.block_size, count, frames, per_block * count)
+            else:
+                req = struct.pack(
+                    "7I",
+                    self.block_size,
+                    count,
+                    self.block_size,  # tp_frame_size: one "frame" per block (unused by V3)
+                    count,
+                    self.block_timeout_ms,
+                    0,
+                    0,
+                )
             try:
                 sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
                 break
             except OSError as exc:
                 if exc.errno == errno.EINVAL and self._vnet:
-                    log.debug("TPACKET_V3 ring refused with PACKET_VNET_HDR; without it")
+                    log.debug("capture ring refused with PACKET_VNET_HDR; without it")
                     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 0)
                     self._vnet = False
                     continue
@@ -276,6 +315,8 @@ class RingCapture:
                     continue
                 raise RuntimeFailure(f"cannot set up the capture ring: {exc.strerror}") from None
         self.block_count = count
+        if frames:
+            self._frame_count = (self.block_size // frames) * count
         self._ring = mmap.mmap(
             sock.fileno(),
             self.block_size * count,
@@ -326,9 +367,19 @@ class RingCapture:
             del buf
 
     def _drain(self) -> None:
-        """Give back any block filled before the real filter was attached."""
+        """Give back any block (or frame) filled before the real filter was attached."""
         mv = self._mv
         assert mv is not None
+        if self.frame_size:
+            size = self.frame_size
+            for _ in range(self._frame_count):
+                base = self._frame * size
+                if not _STATUS.unpack_from(mv, base)[0] & TP_STATUS_USER:
+                    break
+                _STATUS.pack_into(mv, base, TP_STATUS_KERNEL)
+                self._frame = (self._frame + 1) % self._frame_count
+            self._read_stats()
+            return
         for _ in range(self.block_count):
             base = self._block * self.block_size
             if not _STATUS.unpack_from(mv, base + _BLOCK_STATUS_OFF)[0] & TP_STATUS_USER:
@@ -340,8 +391,9 @@ class RingCapture:
     # ---- the hot loop ---------------------------------------------------------------------
 
     def batches(self, timeout: float) -> Iterator[list[Packet]]:
-        """Yield the packets of each retired block; an empty list after ``timeout`` seconds
-        without one. Each block goes back to the kernel when the next batch is requested.
+        """Yield the packets of each retired block (immediate: of the frames ready); an empty
+        list after ``timeout`` seconds without one. Each batch's block or frames go back to
+        the kernel when the next batch is requested.
 
         After :meth:`stop` the socket takes no new packets (a drop-all filter), the block the
         kernel was still filling is retired by its timer and handed over, then this returns:
@@ -359,9 +411,9 @@ class RingCapture:
                     left = draining_until - time.monotonic()
                     if left <= 0 or not self._more_in_ring():
                         break
-                    batch = self._next_block(left, draining=True)
+                    batch = self._next_batch(left, draining=True)
                 else:
-                    batch = self._next_block(timeout)
+                    batch = self._next_batch(timeout)
                     if batch is None and self._stop:
                         continue  # stopped while waiting: hand over what is left first
                 with self._lock:
@@ -390,6 +442,10 @@ class RingCapture:
         except UsageError as exc:
             log.debug("cannot stop the intake before draining: %s", exc)
         self._clear_wake()
+        if self.frame_size:
+            # no block to retire; a packet past the old filter may still be being copied
+            time.sleep(0.005)
+            return time.monotonic() + 0.25
         return time.monotonic() + (2 * self.block_timeout_ms + 250) / 1000.0
 
     def _clear_wake(self) -> None:
@@ -398,22 +454,41 @@ class RingCapture:
         except OSError:  # nothing to clear
             pass
 
+    def ready(self) -> bool:
+        """Whether the next batch can be taken without waiting (a retired block, or a frame
+        ready, after those of the batch handed out)."""
+        mv = self._mv
+        if mv is None:
+            return False
+        if self.frame_size:
+            nxt = (self._frame + self._frames_held) % self._frame_count
+            return bool(_STATUS.unpack_from(mv, nxt * self.frame_size)[0] & TP_STATUS_USER)
+        block = (self._block + 1) % self.block_count if self._held else self._block
+        status = _STATUS.unpack_from(mv, block * self.block_size + _BLOCK_STATUS_OFF)[0]
+        return bool(status & TP_STATUS_USER)
+
     def _more_in_ring(self) -> bool:
-        """Whether the next block holds packets: retired, or still being filled."""
+        """Whether the next block holds packets: retired, or still being filled (immediate:
+        whether the next frame is ready)."""
         mv = self._mv
         assert mv is not None
+        if self.frame_size:
+            nxt = (self._frame + self._frames_held) % self._frame_count
+            return bool(_STATUS.unpack_from(mv, nxt * self.frame_size)[0] & TP_STATUS_USER)
         base = self._block * self.block_size
         if self._held:
             base = ((self._block + 1) % self.block_count) * self.block_size
         status, num, _ = _BLOCK.unpack_from(mv, base + _BLOCK_STATUS_OFF)
         return bool(status & TP_STATUS_USER or num)
 
-    def _next_block(self, timeout: float, *, draining: bool = False) -> list[Packet] | None:
-        """The current block's packets once the kernel retires it; None on timeout (or on
-        stop, unless ``draining``)."""
+    def _next_batch(self, timeout: float, *, draining: bool = False) -> list[Packet] | None:
+        """The current block's packets once the kernel retires it (immediate: the frames
+        ready, once there is one); None on timeout (or on stop, unless ``draining``)."""
         mv = self._mv
         sock = self._sock
         assert mv is not None and sock is not None
+        if self.frame_size:
+            return self._next_frames(mv, timeout, draining)
         if self._held:  # the previous batch's block goes back to the kernel
             base = self._block * self.block_size
             _STATUS.pack_into(mv, base + _BLOCK_STATUS_OFF, TP_STATUS_KERNEL)
@@ -421,26 +496,84 @@ class RingCapture:
             self._held = False
         base = self._block * self.block_size
         status = _STATUS.unpack_from(mv, base + _BLOCK_STATUS_OFF)[0]
-        if not status & TP_STATUS_USER:
-            deadline = time.monotonic() + timeout
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
-            poller.register(self._wake_fd, select.POLLIN)
-            while True:
-                wait = deadline - time.monotonic()
-                if wait <= 0 or self._closing or (self._stop and not draining):
-                    return None
-                events = poller.poll(wait * 1000.0)
-                status = _STATUS.unpack_from(mv, base + _BLOCK_STATUS_OFF)[0]
-                if status & TP_STATUS_USER:
-                    break
-                for fd, ev in events:
-                    if fd == sock.fileno() and ev & (select.POLLERR | select.POLLHUP):
-                        self._raise_socket_error()
-                    if fd == self._wake_fd and draining and not self._closing:
-                        self._clear_wake()  # another stop(): keep waiting for the block
+        if not status & TP_STATUS_USER and not self._wait(
+            mv, base + _BLOCK_STATUS_OFF, timeout, draining
+        ):
+            return None
         self._held = True
         return self._read_block(mv, base)
+
+    def _wait(self, mv: memoryview, status_at: int, timeout: float, draining: bool) -> bool:
+        """Wait until the status word at ``status_at`` says the kernel handed it over; False
+        on timeout (or on stop, unless ``draining``)."""
+        sock = self._sock
+        poller = self._poller
+        assert sock is not None and poller is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or self._closing or (self._stop and not draining):
+                return False
+            events = poller.poll(wait * 1000.0)
+            if _STATUS.unpack_from(mv, status_at)[0] & TP_STATUS_USER:
+                return True
+            for fd, ev in events:
+                if fd == sock.fileno() and ev & (select.POLLERR | select.POLLHUP):
+                    self._raise_socket_error()
+                if fd == self._wake_fd and draining and not self._closing:
+                    self._clear_wake()  # another stop(): keep waiting for the block
+
+    def _next_frames(self, mv: memoryview, timeout: float, draining: bool) -> list[Packet] | None:
+        """Immediate mode: give back the frames of the previous batch, then every frame
+        ready (waiting for the first)."""
+        size = self.frame_size
+        count = self._frame_count
+        assert size is not None
+        frame = self._frame
+        held = self._frames_held
+        if held:
+            pack = _STATUS.pack_into
+            for _ in range(held):
+                pack(mv, frame * size, TP_STATUS_KERNEL)
+                frame += 1
+                if frame == count:
+                    frame = 0
+            self._frame = frame
+            self._frames_held = 0
+        if not _STATUS.unpack_from(mv, frame * size)[0] & TP_STATUS_USER and not self._wait(
+            mv, frame * size, timeout, draining
+        ):
+            return None
+        return self._read_frames(mv)
+
+    def _read_frames(self, mv: memoryview) -> list[Packet]:
+        size = self.frame_size
+        count = self._frame_count
+        assert size is not None
+        unpack = _FRAME.unpack_from
+        linktype = self.linktype
+        vnet = self._vnet
+        out: list[Packet] = []
+        append = out.append
+        frame = self._frame
+        for _ in range(count):
+            off = frame * size
+            status, wirelen, snap, mac, net, sec, nsec, ifindex = unpack(mv, off)
+            if not status & TP_STATUS_USER:
+                break
+            start = off + mac
+            segs = 1
+            if vnet:
+                if mv[start - 9]:  # virtio_net_hdr.gso_type
+                    segs = self._vnet_segs(mv, start, off + net, wirelen)
+            elif status & TP_STATUS_GSO_TCP:
+                segs = self._estimated_segs(mv, off + net, wirelen - (net - mac), ifindex)
+            append((sec + nsec * 1e-9, mv[start : start + snap], wirelen, linktype, ifindex, segs))
+            frame += 1
+            if frame == count:
+                frame = 0
+        self._frames_held = len(out)
+        return out
 
     def _read_block(self, mv: memoryview, base: int) -> list[Packet]:
         _, num, first = _BLOCK.unpack_from(mv, base + _BLOCK_STATUS_OFF)
@@ -541,7 +674,7 @@ class RingCapture:
         sock = self._sock
         assert sock is not None
         raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS_V3.size)
-        packets, drops, _freeze = _TPACKET_STATS_V3.unpack(raw)
+        packets, drops = _TPACKET_STATS.unpack_from(raw)  # V3 appends tp_freeze_q_cnt
         # The kernel's tp_packets includes the drops; it resets both on each read.
         self._packets += packets - drops
         self._drops += drops

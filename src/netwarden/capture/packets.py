@@ -23,6 +23,11 @@ from netwarden.stats.packets import PacketCounter, PayloadInspector
 log = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 2048
+#: frame size of the immediate ring (``run --block``): a 1500-byte-MTU packet whole with its
+#: link-layer and virtio headers; longer (GRO) packets are kept truncated, counted exactly
+IMMEDIATE_FRAME = 2048
+#: events judged ahead of their outputs while the ring has more packets ready
+JUDGE_AHEAD = 4096
 
 
 def tune_gc() -> None:
@@ -144,13 +149,15 @@ class SniffSource(_EventSource):
         inspector: PayloadInspector | None = None,
         buffer_kib: int = 65536,
         block_timeout_ms: int = 50,
+        immediate: bool = False,
         max_flows: int = 262144,
         max_unconfirmed: int | None = None,
     ) -> None:
         from netwarden.capture.afpacket import RingCapture  # lazily: needs the kernel
         from netwarden.hostaddrs import local_addresses
 
-        # the ring in 1 MiB blocks (tcpdump's -B is in KiB too); at least 2 blocks
+        # the ring in 1 MiB blocks (tcpdump's -B is in KiB too); at least 2 blocks;
+        # ``immediate``: in 2 KiB frames, each packet handed over as it arrives
         self.ring = RingCapture(
             iface,
             filter_expr=filter_expr,
@@ -158,6 +165,7 @@ class SniffSource(_EventSource):
             block_size=1 << 20,
             block_count=max(2, buffer_kib // 1024),
             block_timeout_ms=block_timeout_ms,
+            frame_size=IMMEDIATE_FRAME if immediate else None,
         )
         super().__init__(
             Source.SNIFF,
@@ -180,16 +188,22 @@ class SniffSource(_EventSource):
             yield from events
 
     def batches(self) -> Iterator[list[Event]]:
-        """The events of each ring block handed over (possibly an empty list when the poll
-        interval passes without packets), under :attr:`lock`; at the end, every open flow's
-        ``end``."""
+        """The events of the packets handed over by the ring (possibly an empty list when
+        the poll interval passes without packets), made under :attr:`lock`; while the ring
+        has more ready, up to :data:`JUDGE_AHEAD` events, its next batch is counted (and
+        judged) before these are handed on; at the end, every open flow's ``end``."""
         pending = self._pending
         feed = self.counter.feed
         expire = self.table.expire
-        for batch in self.ring.batches(self.poll_interval):
+        ring = self.ring
+        for batch in ring.batches(self.poll_interval):
             with self.lock:
                 if batch:
-                    feed(batch)
+                    feed(batch)  # each event judged as it is made (see judge)
+                if ring.ready() and len(pending) < JUDGE_AHEAD:
+                    # more packets are in: count and judge them before this batch's events
+                    # go out, so that a threshold probe never waits behind the outputs
+                    continue
                 expire(time.time())
                 events = list(pending)
                 pending.clear()
