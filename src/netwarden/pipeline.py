@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -21,7 +21,7 @@ from netwarden.errors import MissingCapability, UsageError
 from netwarden.events import Event, EventType
 from netwarden.export.metrics import Metrics
 from netwarden.stats.names import NameCache
-from netwarden.stats.report import aggregate
+from netwarden.stats.report import AGGREGATE_FIELDS, summarize
 from netwarden.store.sqlite import FlowFilter, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ FLUSH_BACKLOG = 4096
 #: ... and beyond which the event loop writes them itself before it takes more packets:
 #: when the writer cannot keep up, the capture ring fills and the kernel drops (and
 #: counts) packets, rather than events piling up in memory
-WRITE_BACKLOG = 16384
+WRITE_BACKLOG = 8192
 
 
 def open_backend(
@@ -310,36 +310,51 @@ class Pipeline:
     # ---------------------------------------------------------------- stats dump
     def stats(self, now: float | None = None) -> dict[str, Any]:
         """Net::Connection::Sniffer's dump: header fields and the ``--by ip`` rows."""
+        header, rows = self._stats(now)
+        return {**header, "rows": list(rows)}
+
+    def _stats(self, now: float | None) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        """The dump's header, and its rows made one at a time."""
         now = time.time() if now is None else now
         if self.store is not None:
             with self.lock:
                 taken = self.store.take()
             self.store.write(taken)
-            # bounded: the most recent STATS_FLOWS flows (a spoofed flood makes millions)
-            flows = self.store.flows(FlowFilter(since=self.stats_start, limit=STATS_FLOWS))
-            rows = aggregate(flows, "ip", names=self.names.lookup)
+            # bounded: the most recent STATS_FLOWS flows (a spoofed flood makes millions),
+            # read one at a time with the fields the rows need
+            flows = self.store.iter_flows(
+                FlowFilter(since=self.stats_start, limit=STATS_FLOWS), AGGREGATE_FIELDS
+            )
+            summary = summarize(flows, "ip", names=self.names.lookup)
         else:
-            rows = []
+            summary = summarize([])
         minutes = max((now - self.stats_start) / 60.0, 1.0 / 60.0)
-        total_bytes = sum(r["bytes"] for r in rows)
-        return {
+        header = {
             "start": self.stats_start,
             "current": now,
-            "hits_per_minute": round(sum(r["conns"] for r in rows) / minutes, 3),
-            "bytes_per_second": round(total_bytes / (minutes * 60.0), 3),
-            "users": len(rows),
+            "hits_per_minute": round(summary.conns / minutes, 3),
+            "bytes_per_second": round(summary.bytes / (minutes * 60.0), 3),
+            "users": summary.count,
             "device": self.device,
             "filter": self.filter_expr,
-            "rows": rows,
         }
+        return header, summary.rows()
 
     def write_stats(self) -> str:
+        """stats.json: the header, then the rows one per line as they are made (100,000
+        rows of a spoofed flood are never all in memory as dicts)."""
         path = os.path.join(self.state_dir, STATS_FILE)
         tmp = path + ".tmp"
-        stats = self.stats()
+        header, rows = self._stats(None)
+        head = json.dumps(header, indent=1)
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=1)
-            f.write("\n")
+            f.write(head[:-2] + ',\n "rows": [')
+            sep = "\n  "
+            for row in rows:
+                f.write(sep)
+                f.write(json.dumps(row))
+                sep = ",\n  "
+            f.write("\n ]\n}\n")
         os.replace(tmp, path)
         return path
 

@@ -4,7 +4,9 @@ defense; a real store in a temp dir."""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,41 @@ def test_a_large_store_backlog_wakes_the_ticker_then_is_written_inline(
     p.handle_batch([flow(300 + i) for i in range(3)])
     assert p.store.backlog() == 0  # 9 > 8: written before more packets are taken
     assert len(p.store.flows()) == 9
+    p.close()
+
+
+def test_stats_json_is_written_row_by_row(tmp_path: Path) -> None:
+    """stats.json: Sniffer's header, then one row per line, most bytes first; the same as
+    stats() (which the file streams, so 100,000 rows are never all dicts at once)."""
+    log: list[str] = []
+    p = make(tmp_path, Source(), log, store=True)
+    assert p.store is not None
+    now = time.time()
+    p.stats_start = now - 120.0
+    for i, other in enumerate(["203.0.113.1", "203.0.113.2", "203.0.113.1"]):
+        e = flow(80 + i, EventType.END)
+        p.store.add(
+            replace(e, ts=now, src=ip_address(other), orig_bytes=100 * (i + 1), duration=0.5)
+        )
+    path = p.write_stats()
+    text = Path(path).read_text()
+    doc = json.loads(text)
+    expect = p.stats()
+    assert {k: v for k, v in doc.items() if k != "current"} == {
+        k: v for k, v in expect.items() if k != "current"
+    }
+    assert doc["users"] == 2 and [r["key"] for r in doc["rows"]] == ["203.0.113.1", "203.0.113.2"]
+    assert doc["rows"][0]["bytes"] == 400 and doc["rows"][0]["conns"] == 2
+    minutes = (doc["current"] - p.stats_start) / 60.0
+    assert doc["hits_per_minute"] == pytest.approx(3 / minutes, abs=1e-3)
+    rows = [line for line in text.splitlines() if line.startswith("  {")]
+    assert [json.loads(line.rstrip(","))["key"] for line in rows] == [
+        "203.0.113.1",
+        "203.0.113.2",
+    ]
+    # and with nothing seen
+    p.stats_start = time.time() + 60
+    assert json.loads(Path(p.write_stats()).read_text())["rows"] == []
     p.close()
 
 

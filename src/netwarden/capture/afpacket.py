@@ -145,6 +145,10 @@ _TPACKET_STATS: Final = struct.Struct("II")  # tp_packets, tp_drops (V1, V2)
 # family, protocol, ifindex (offset 36)
 _FRAME: Final = struct.Struct("<IIIHHII8x4xi")
 
+#: immediate mode: at most this many frames in one batch (the rest are the next batch,
+#: ready at once): a batch's packet tuples stay a few hundred kilobytes under a flood
+MAX_FRAMES_PER_BATCH: Final = 1024
+
 _CAP_FIX: Final = f"run as root or: setcap cap_net_raw+ep {os.path.realpath(sys.executable)}"
 
 
@@ -556,7 +560,7 @@ class RingCapture:
         out: list[Packet] = []
         append = out.append
         frame = self._frame
-        for _ in range(count):
+        for _ in range(min(count, MAX_FRAMES_PER_BATCH)):
             off = frame * size
             status, wirelen, snap, mac, net, sec, nsec, ifindex = unpack(mv, off)
             if not status & TP_STATUS_USER:

@@ -27,7 +27,7 @@ REPLAY_CHUNK = 2048
 #: link-layer and virtio headers; longer (GRO) packets are kept truncated, counted exactly
 IMMEDIATE_FRAME = 2048
 #: events judged ahead of their outputs while the ring has more packets ready
-JUDGE_AHEAD = 4096
+JUDGE_AHEAD = 1024
 
 
 def tune_gc() -> None:

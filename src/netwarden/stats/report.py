@@ -12,7 +12,7 @@ single short connection does not read as thousands per hour.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 GROUPINGS = ("ip", "net", "domain", "process", "unit")
@@ -83,6 +83,13 @@ def _key(
     raise ValueError(by)
 
 
+#: the flow fields :func:`aggregate` reads (a store may hand over just these)
+AGGREGATE_FIELDS = (
+    "event", "ts", "duration", "direction", "src", "dst",
+    "orig_bytes", "resp_bytes", "comm", "unit",
+)  # fmt: skip
+
+
 def aggregate(
     flows: Iterable[dict[str, Any]],
     by: str = "ip",
@@ -91,61 +98,111 @@ def aggregate(
     domain_of: Callable[[str], str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per group, most bytes first."""
+    return list(summarize(flows, by, names=names, domain_of=domain_of).rows())
+
+
+class Summary:
+    """Flows added up by group, kept compact: a spoofed flood makes 100,000 groups of one
+    flow each, and stats.json is written while it goes on. The totals are known at once;
+    :meth:`rows` makes each row as it is asked for, most bytes first (and forgets the
+    group: it can be iterated once)."""
+
+    def __init__(self, groups: dict[str, list[Any]], names: NameLookup) -> None:
+        #: per group: [bytes_in, bytes_out, conns, first, last, remote(s): a str or a
+        #: set, {comm: bytes} or None]
+        self._groups = groups
+        self._names = names
+        self.count = len(groups)
+        self.conns = sum(g[2] for g in groups.values())
+        self.bytes = sum(g[0] + g[1] for g in groups.values())
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        groups = self._groups
+        order = sorted(groups, key=lambda k: (-(groups[k][0] + groups[k][1]), k))
+        names = self._names
+        for key in order:
+            b_in, b_out, conns, first, last, remotes, procs = groups.pop(key)
+            names_list: list[str] = []
+            expire: float | None = None
+            for r in sorted(remotes) if isinstance(remotes, set) else (remotes,):
+                found, exp = names(r)
+                for n in found:
+                    if n not in names_list:
+                        names_list.append(n)
+                if exp is not None:
+                    expire = exp if expire is None else min(expire, exp)
+            by_bytes = sorted((procs or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            yield _finish(
+                {
+                    "key": key,
+                    "bytes_in": b_in,
+                    "bytes_out": b_out,
+                    "conns": conns,
+                    "first": first,
+                    "last": last,
+                    "names": names_list,
+                    "names_expire": expire,
+                    "processes": [p for p, _ in by_bytes],
+                }
+            )
+
+
+def summarize(
+    flows: Iterable[dict[str, Any]],
+    by: str = "ip",
+    *,
+    names: NameLookup = _no_names,
+    domain_of: Callable[[str], str] | None = None,
+) -> Summary:
+    """The flows added up by ``by`` (see :data:`GROUPINGS`): :func:`aggregate`'s rows, made
+    one at a time."""
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {GROUPINGS}")
     if by == "domain" and domain_of is None:
         domain_of = DomainOf()
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[Any]] = {}
     for f in flows:
         remote = remote_of(f)
         if remote is None:
             continue
         key = _key(f, by, remote, names, domain_of)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = {
-                "key": key,
-                "bytes_in": 0,
-                "bytes_out": 0,
-                "conns": 0,
-                "first": None,
-                "last": None,
-                "_remotes": set(),
-                "_procs": {},
-            }
         inbound = f.get("direction") == "in"
         ob = int(f.get("orig_bytes") or 0)
         rb = int(f.get("resp_bytes") or 0)
-        g["bytes_in"] += ob if inbound else rb
-        g["bytes_out"] += rb if inbound else ob
-        g["conns"] += 1
         ts = float(f.get("ts") or 0.0)
-        dur = float(f.get("duration") or 0.0)
-        first = ts - dur if f.get("event") == "end" else ts
-        g["first"] = first if g["first"] is None else min(g["first"], first)
-        g["last"] = ts if g["last"] is None else max(g["last"], ts)
-        g["_remotes"].add(remote)
+        first = ts - float(f.get("duration") or 0.0) if f.get("event") == "end" else ts
         comm = f.get("comm")
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [
+                ob if inbound else rb,
+                rb if inbound else ob,
+                1,
+                first,
+                ts,
+                remote,
+                {comm: ob + rb} if comm else None,
+            ]
+            continue
+        g[0] += ob if inbound else rb
+        g[1] += rb if inbound else ob
+        g[2] += 1
+        if first < g[3]:
+            g[3] = first
+        if ts > g[4]:
+            g[4] = ts
+        remotes = g[5]
+        if isinstance(remotes, set):
+            remotes.add(remote)
+        elif remotes != remote:
+            g[5] = {remotes, remote}
         if comm:
-            g["_procs"][comm] = g["_procs"].get(comm, 0) + ob + rb
-    rows = []
-    for g in groups.values():
-        names_list: list[str] = []
-        expire: float | None = None
-        for r in sorted(g.pop("_remotes")):
-            found, exp = names(r)
-            for n in found:
-                if n not in names_list:
-                    names_list.append(n)
-            if exp is not None:
-                expire = exp if expire is None else min(expire, exp)
-        procs = g.pop("_procs")
-        g["names"] = names_list
-        g["names_expire"] = expire
-        g["processes"] = [p for p, _ in sorted(procs.items(), key=lambda kv: (-kv[1], kv[0]))]
-        rows.append(_finish(g))
-    rows.sort(key=lambda r: (-r["bytes"], r["key"]))
-    return rows
+            procs = g[6]
+            if procs is None:
+                g[6] = {comm: ob + rb}
+            else:
+                procs[comm] = procs.get(comm, 0) + ob + rb
+    return Summary(groups, names)
 
 
 def _finish(g: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import ip_network
 from typing import Any
@@ -334,6 +334,17 @@ class Store:
     # ------------------------------------------------------------------ reading
     def flows(self, f: FlowFilter = FlowFilter()) -> list[dict[str, Any]]:
         """Flows matching the filters, newest activity last, as event-field dicts."""
+        return list(self.iter_flows(f))
+
+    def iter_flows(
+        self, f: FlowFilter = FlowFilter(), columns: Sequence[str] = FIELDS
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`flows` one at a time, with only ``columns`` (a summary of 100,000 flows
+        then holds one row at a time, not 100,000 dicts). The store stays locked until the
+        iteration ends: consume it whole, and soon."""
+        bad = [c for c in columns if c not in FIELDS]
+        if bad:
+            raise ValueError(f"no such flow columns: {bad}")
         where: list[str] = []
         args: list[Any] = []
         if f.since is not None:
@@ -364,21 +375,23 @@ class Store:
         if f.pid is not None:
             where.append("pid = ?")
             args.append(f.pid)
-        sql = f"SELECT {', '.join(FIELDS)}, last AS _last FROM flows"
+        sql = f"SELECT {', '.join(columns)}, last AS _last FROM flows"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY last"
         if f.limit is not None:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(f.limit)}) ORDER BY _last"
-        out = []
         with self._db:
             self.conn.create_function("nw_in_range", 3, _in_range, deterministic=True)
-            rows = self.conn.execute(sql, args).fetchall()
-        for r in rows:
-            d = dict(r)
-            del d["_last"]
-            out.append(d)
-        return out
+            cur = self.conn.execute(sql, args)
+            try:
+                while rows := cur.fetchmany(1024):
+                    for r in rows:
+                        d = dict(r)
+                        del d["_last"]
+                        yield d
+            finally:
+                cur.close()
 
     def events(self, since: float | None = None, kinds: Sequence[str] = ()) -> list[dict[str, Any]]:
         sql = "SELECT data FROM events"
