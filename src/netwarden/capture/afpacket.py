@@ -566,12 +566,12 @@ class RingCapture:
             if not status & TP_STATUS_USER:
                 break
             start = off + mac
-            segs = 1
-            if vnet:
-                if mv[start - 9]:  # virtio_net_hdr.gso_type
-                    segs = self._vnet_segs(mv, start, off + net, wirelen)
-            elif status & TP_STATUS_GSO_TCP:
-                segs = self._estimated_segs(mv, off + net, wirelen - (net - mac), ifindex)
+            # virtio_net_hdr.gso_type, or the kernel's flag: a super-packet (rare)
+            segs = (
+                self._segs(mv, start, off + net, status, wirelen, ifindex)
+                if (mv[start - 9] if vnet else status & TP_STATUS_GSO_TCP)
+                else 1
+            )
             append((sec + nsec * 1e-9, mv[start : start + snap], wirelen, linktype, ifindex, segs))
             frame += 1
             if frame == count:
@@ -590,15 +590,23 @@ class RingCapture:
         for _ in range(num):
             nxt, sec, nsec, snap, wirelen, status, mac, net, ifindex = unpack(mv, off)
             start = off + mac
-            segs = 1
-            if vnet:
-                if mv[start - 9]:  # virtio_net_hdr.gso_type
-                    segs = self._vnet_segs(mv, start, off + net, wirelen)
-            elif status & TP_STATUS_GSO_TCP:
-                segs = self._estimated_segs(mv, off + net, wirelen - (net - mac), ifindex)
+            # virtio_net_hdr.gso_type, or the kernel's flag: a super-packet (rare)
+            segs = (
+                self._segs(mv, start, off + net, status, wirelen, ifindex)
+                if (mv[start - 9] if vnet else status & TP_STATUS_GSO_TCP)
+                else 1
+            )
             append((sec + nsec * 1e-9, mv[start : start + snap], wirelen, linktype, ifindex, segs))
             off += nxt
         return out
+
+    def _segs(
+        self, mv: memoryview, start: int, net: int, status: int, wirelen: int, ifindex: int
+    ) -> int:
+        """How many packets a GSO/GRO super-packet was on the wire."""
+        if self._vnet:
+            return self._vnet_segs(mv, start, net, wirelen)
+        return self._estimated_segs(mv, net, wirelen - (net - start), ifindex)
 
     def _vnet_segs(self, mv: memoryview, start: int, net: int, wirelen: int) -> int:
         gso_type: int
