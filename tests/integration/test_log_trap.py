@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from netwarden.capture.nfqueue import HOLD_TABLES as TABLES
 from tests.integration.netns import VethPair, veth_pair
 
 pytestmark = pytest.mark.root
@@ -211,8 +212,10 @@ def test_two_traps_at_once_and_nothing_left_behind() -> None:
                 "--timeout",
                 "60",
             )
-            chains = pair.a.run("iptables", "-S").stdout
-            assert chains.count("-N NETWARDEN_HOLD_") == 2  # each its own queue and chain
+            # each its own queue and chain, in its own table: a queue's verdict ends the
+            # packet's way through its table, so both hold only from different tables
+            chains = {t: pair.a.run("iptables", "-t", t, "-S").stdout for t in TABLES}
+            assert [c.count("-N NETWARDEN_HOLD_") for c in chains.values()] == [1, 1, 0]
             c = pair.a.popen("curl", "-s", "-o", "/dev/null", f"http://{pair.b4}:8092/")
             c.wait(10)
             outs = [p.communicate(timeout=60)[0] for p in (one, two)]
@@ -222,6 +225,7 @@ def test_two_traps_at_once_and_nothing_left_behind() -> None:
         for out in outs:
             (event,) = [json.loads(x) for x in out.splitlines()]
             assert event["pid"] == c.pid and event["dport"] == 8092
-        assert "NETWARDEN" not in pair.a.run("iptables", "-S").stdout
+        for t in TABLES:
+            assert "NETWARDEN" not in pair.a.run("iptables", "-t", t, "-S").stdout
         assert "NETWARDEN" not in pair.a.run("ip6tables", "-S").stdout
         assert "netwarden" not in pair.a.run("nft", "list", "tables").stdout

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = 4725
 CHAIN = "NETWARDEN_HOLD"
 TABLE = "filter"
+#: the iptables tables a hold's OUTPUT jump goes in, one hold per table while they last: a
+#: queue's verdict (ACCEPT) ends the packet's way through its table, so a second hold in the
+#: same table would never see it; each table is its own hook (mangle -150, filter 0,
+#: security 50), passed in turn
+HOLD_TABLES = ("filter", "mangle", "security")
 _TOOLS = {4: "iptables", 6: "ip6tables"}
 
 
@@ -88,44 +93,45 @@ def rule_specs(queue: int, *, tcp: bool = True, udp: bool = False) -> list[list[
     return specs
 
 
-def _chain_exists(tool: str, chain: str = CHAIN) -> bool:
-    return _run(tool, "-t", TABLE, "-S", chain, check=False).returncode == 0
+def _chain_exists(tool: str, chain: str = CHAIN, table: str = TABLE) -> bool:
+    return _run(tool, "-t", table, "-S", chain, check=False).returncode == 0
 
 
-def _remove_chain(tool: str, chain: str = CHAIN) -> bool:
+def _remove_chain(tool: str, chain: str = CHAIN, table: str = TABLE) -> bool:
     """Remove every jump to ``chain`` from OUTPUT, then the chain. Whether it existed."""
-    if shutil.which(tool) is None or not _chain_exists(tool, chain):
+    if shutil.which(tool) is None or not _chain_exists(tool, chain, table):
         return False
     for _ in range(64):
-        if _run(tool, "-t", TABLE, "-D", "OUTPUT", "-j", chain, check=False).returncode != 0:
+        if _run(tool, "-t", table, "-D", "OUTPUT", "-j", chain, check=False).returncode != 0:
             break
-    _run(tool, "-t", TABLE, "-F", chain, check=False)
-    _run(tool, "-t", TABLE, "-X", chain, check=False)
+    _run(tool, "-t", table, "-F", chain, check=False)
+    _run(tool, "-t", table, "-X", chain, check=False)
     return True
 
 
-def _hold_chains(tool: str) -> list[str]:
-    """Every hold chain (``NETWARDEN_HOLD`` and ``NETWARDEN_HOLD_<queue>``) in the table."""
+def _hold_chains(tool: str, table: str = TABLE) -> list[str]:
+    """Every hold chain (``NETWARDEN_HOLD`` and ``NETWARDEN_HOLD_<queue>``) in ``table``."""
     if shutil.which(tool) is None:
         return []
-    lines = _run(tool, "-t", TABLE, "-S", check=False).stdout.splitlines()
+    lines = _run(tool, "-t", table, "-S", check=False).stdout.splitlines()
     names = [ln.split()[1] for ln in lines if ln.startswith("-N ") and len(ln.split()) == 2]
     return [n for n in names if n == CHAIN or n.startswith(CHAIN + "_")]
 
 
 def cleanup(chain: str | None = None) -> int:
     """Remove what crashed runs left: ``chain``, or every hold chain, and the jumps to it,
-    IPv4 and IPv6 (while no other hold runs: it removes theirs too). Returns how many chains
-    were removed."""
+    in every table a hold uses, IPv4 and IPv6 (while no other hold runs: it removes theirs
+    too). Returns how many chains were removed."""
     removed = 0
     for tool in _TOOLS.values():
-        for name in [chain] if chain is not None else _hold_chains(tool):
-            removed += _remove_chain(tool, name)
+        for table in HOLD_TABLES:
+            for name in [chain] if chain is not None else _hold_chains(tool, table):
+                removed += _remove_chain(tool, name, table)
     return removed
 
 
-def _nft_table_exists(family: int) -> bool | None:
-    """Whether iptables-nft's filter table exists (None: not an nft-based iptables)."""
+def _nft_table_exists(family: int, table: str = TABLE) -> bool | None:
+    """Whether iptables-nft's ``table`` exists (None: not an nft-based iptables)."""
     nft = shutil.which("nft")
     tool = shutil.which(_TOOLS[family])
     if nft is None or tool is None:
@@ -135,20 +141,20 @@ def _nft_table_exists(family: int) -> bool | None:
         return None
     fam = "ip" if family == 4 else "ip6"
     proc = subprocess.run(
-        [nft, "list", "table", fam, TABLE], capture_output=True, text=True, check=False
+        [nft, "list", "table", fam, table], capture_output=True, text=True, check=False
     )
     return proc.returncode == 0
 
 
-def _drop_empty_table(family: int) -> None:
-    """Delete iptables-nft's filter table if it holds nothing but accepting policies."""
-    rules = _run(_TOOLS[family], "-t", TABLE, "-S", check=False).stdout.split("\n")
+def _drop_empty_table(family: int, table: str = TABLE) -> None:
+    """Delete iptables-nft's ``table`` if it holds nothing but accepting policies."""
+    rules = _run(_TOOLS[family], "-t", table, "-S", check=False).stdout.split("\n")
     if any(r and not (r.startswith("-P ") and r.endswith(" ACCEPT")) for r in rules):
         return
     fam = "ip" if family == 4 else "ip6"
     nft = shutil.which("nft")
     if nft is not None:
-        subprocess.run([nft, "delete", "table", fam, TABLE], capture_output=True, check=False)
+        subprocess.run([nft, "delete", "table", fam, table], capture_output=True, check=False)
 
 
 # --------------------------------------------------------------------------- held packets
@@ -241,6 +247,8 @@ class Hold:
         self._nl: NetlinkSocket | None = None
         self._rules: list[int] = []  # families whose chain we added
         self._created_table: dict[int, bool] = {}
+        #: the iptables table our chain is in (see HOLD_TABLES), chosen when it is added
+        self.table = TABLE
         self._started = False
         self._closed = False
         self._stopping = False
@@ -338,6 +346,15 @@ class Hold:
 
     def _add_rules(self) -> None:
         families = (4, 6) if self.ipv6 else (4,)
+        for fam in families:  # a crashed run's leftovers on this queue
+            for table in HOLD_TABLES:
+                _remove_chain(_TOOLS[fam], self.chain, table)
+        # a table no other hold uses (all taken: the first; then only the hold whose jump
+        # comes first there sees each packet, the others learn of it from conntrack)
+        if shutil.which(_TOOLS[4]) is not None:
+            self.table = next(
+                (t for t in HOLD_TABLES if not _hold_chains(_TOOLS[4], t)), HOLD_TABLES[0]
+            )
         for fam in families:
             tool = _TOOLS[fam]
             if shutil.which(tool) is None:
@@ -347,21 +364,20 @@ class Hold:
                     )
                 log.warning("hold: %s is missing: IPv6 connections are not held", tool)
                 continue
-            existed = _nft_table_exists(fam)
+            existed = _nft_table_exists(fam, self.table)
             self._created_table[fam] = existed is False
-            _remove_chain(tool, self.chain)  # a crashed run's leftovers on this queue
-            _run(tool, "-t", TABLE, "-N", self.chain)
+            _run(tool, "-t", self.table, "-N", self.chain)
             self._rules.append(fam)
             for spec in rule_specs(self.queue, tcp=self.tcp, udp=self.udp):
-                _run(tool, "-t", TABLE, "-A", self.chain, *spec)
-            _run(tool, "-t", TABLE, "-I", "OUTPUT", "1", "-j", self.chain)
+                _run(tool, "-t", self.table, "-A", self.chain, *spec)
+            _run(tool, "-t", self.table, "-I", "OUTPUT", "1", "-j", self.chain)
 
     def _remove_rules(self) -> None:
         for fam in self._rules:
             try:
-                _remove_chain(_TOOLS[fam], self.chain)
+                _remove_chain(_TOOLS[fam], self.chain, self.table)
                 if self._created_table.get(fam):
-                    _drop_empty_table(fam)
+                    _drop_empty_table(fam, self.table)
             except Exception as exc:
                 log.warning("hold: removing the %s rules failed: %s", _TOOLS[fam], exc)
         self._rules.clear()
