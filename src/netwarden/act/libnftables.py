@@ -22,9 +22,9 @@ import ctypes
 import json
 import logging
 import threading
-from types import TracebackType
 from typing import Any, Protocol
 
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure
 
 __all__ = ["LIBRARY", "Nft", "NftError", "NftRunner"]
@@ -95,7 +95,7 @@ def _load(path: str) -> ctypes.CDLL:
     return lib
 
 
-class Nft:
+class Nft(Closing):
     """One libnftables context."""
 
     def __init__(self, library: str = LIBRARY) -> None:
@@ -149,17 +149,6 @@ class Nft:
             ctx, self._ctx = self._ctx, None
         if ctx is not None:
             self._lib.nft_ctx_free(ctx)
-
-    def __enter__(self) -> Nft:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         try:

@@ -25,11 +25,11 @@ import os
 import threading
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_network
-from types import TracebackType
 
 from netwarden.act import nft as render
 from netwarden.act.libnftables import NftError
 from netwarden.capture.netlink_socket import NetlinkSocket
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure
 from netwarden.wire import nftnl as wire
 from netwarden.wire.netlink import NETLINK_NETFILTER, NLMSG_ERROR, nlmsg_error, split_messages
@@ -39,7 +39,7 @@ __all__ = ["NftSets"]
 _SEQ_MASK = 0xFFFFFFFF
 
 
-class NftSets:
+class NftSets(Closing):
     """One NETLINK_NETFILTER socket adding and deleting addresses in the table's hash sets."""
 
     def __init__(self, table: str = render.TABLE, *, timeout: float = 5.0) -> None:
@@ -80,17 +80,6 @@ class NftSets:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-    def __enter__(self) -> NftSets:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---------------------------------------------------------------- internals
     def _transact(

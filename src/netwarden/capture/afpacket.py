@@ -85,6 +85,7 @@ from netwarden.capture.bpf_filter import (
     CompiledFilter,
     compile_filter,
 )
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure, UsageError
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ MAX_FRAMES_PER_BATCH: Final = 1024
 _CAP_FIX: Final = f"run as root or: setcap cap_net_raw+ep {os.path.realpath(sys.executable)}"
 
 
-class RingCapture:
+class RingCapture(Closing):
     """A capture ring on one interface (``iface``) or on all (``iface=None``): TPACKET_V3
     blocks, or with ``frame_size`` TPACKET_V2 frames handed over at once.
 
@@ -734,12 +735,6 @@ class RingCapture:
                 self._mtus.clear()
             self._mtus[ifindex] = mtu
         return mtu
-
-    def __enter__(self) -> RingCapture:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         try:

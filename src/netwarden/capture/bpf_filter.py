@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import Final
 
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, UsageError
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _libpcap() -> _Libpcap:
     raise MissingCapability("filter expressions need libpcap, which is not installed", _MISSING_FIX)
 
 
-class CompiledFilter:
+class CompiledFilter(Closing):
     """A compiled filter expression.
 
     ``instructions`` are ``(code, jt, jf, k)`` tuples, ready for ``SO_ATTACH_FILTER``.
@@ -200,12 +201,6 @@ class CompiledFilter:
             self.close()
         except Exception:  # interpreter shutdown: nothing sensible left to do
             pass
-
-    def __enter__(self) -> CompiledFilter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -26,10 +26,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from netwarden.capture.netlink_socket import NetlinkError, NetlinkSocket, Overrun
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure
 from netwarden.events import (
     Attribution,
@@ -216,7 +216,7 @@ def _ns_inode() -> int | None:
         return None
 
 
-class ConntrackSource:
+class ConntrackSource(Closing):
     """Flows from the kernel's connection tracking, as ``new``/``end`` events.
 
     Iterate it for :class:`~netwarden.events.Event` objects (``source=conntrack``).
@@ -377,14 +377,6 @@ class ConntrackSource:
                 log.warning("conntrack: could not remove table inet %s: %s", CT_TABLE, exc)
             self._tracking_added = False
         self.sysctls.restore()
-
-    def __enter__(self) -> ConntrackSource:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def summary(self) -> dict[str, Any]:
         s: dict[str, Any] = {

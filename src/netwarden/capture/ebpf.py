@@ -42,9 +42,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address, IPv6Address
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure
 from netwarden.events import Attribution, Direction, Event, EventType, ProcessInfo, Proto, Source
 from netwarden.stats.flows import Timeouts
@@ -350,7 +350,7 @@ class _Flow:
 
 
 # ---------------------------------------------------------------------------- the source
-class EbpfSource:
+class EbpfSource(Closing):
     """Live flows from the kernel's socket hooks; iterate for events.
 
     Same shape as :class:`~netwarden.capture.packets.SniffSource`: iterate (blocks, yields
@@ -962,17 +962,6 @@ class EbpfSource:
             "unavailable": dict(self.unavailable),
             "hooks": {k: v for k, v in hooks.items() if any(v.values())},
         }
-
-    def __enter__(self) -> EbpfSource:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Detach every program and free everything (idempotent).

@@ -25,10 +25,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from netwarden.capture.netlink_socket import NetlinkError, NetlinkSocket, Overrun
+from netwarden.closing import Closing
 from netwarden.errors import MissingCapability, RuntimeFailure
 from netwarden.events import Attribution, Direction, Event, EventType, ProcessInfo, Proto, Source
 from netwarden.wire.netlink import (
@@ -203,7 +203,7 @@ class HeldPacket:
 Owner = tuple[ProcessInfo | None, Attribution]
 
 
-class Hold:
+class Hold(Closing):
     """Hold new outgoing TCP SYNs (and optionally UDP) until their owner is found.
 
     ``queue``: the NFQUEUE number; ``owners``: the lookup to run while a packet waits
@@ -408,14 +408,9 @@ class Hold:
         if self._owners is not None:
             self._owners.close()
 
-    def __enter__(self) -> Hold:
+    def __enter__(self) -> Self:
         self.start()
         return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -13,9 +13,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any
 
+from netwarden.closing import Closing
 from netwarden.events import Event, Source
 from netwarden.stats.flows import FlowTable, Timeouts
 from netwarden.stats.packets import PacketCounter, PayloadInspector
@@ -45,7 +45,7 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-class _EventSource:
+class _EventSource(Closing):
     """Shared plumbing: a flow table whose events queue up until iterated."""
 
     def __init__(
@@ -91,17 +91,6 @@ class _EventSource:
     def stop(self) -> None:
         """Ask the iteration to finish: open flows are ended, then it stops (signal-safe)."""
         self._stopping = True
-
-    def __enter__(self) -> _EventSource:
-        return self
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:  # pragma: no cover - overridden
         pass

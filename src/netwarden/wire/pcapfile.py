@@ -45,6 +45,8 @@ import weakref
 from collections.abc import Generator, Iterator
 from typing import Final, Literal
 
+from netwarden.closing import Closing
+
 __all__ = ["CaptureFileError", "CaptureReader", "Packet", "open_capture"]
 
 Packet = tuple[float, int, memoryview, int, int]
@@ -108,7 +110,7 @@ class CaptureFileError(Exception):
         return f"{self.path}: corrupt capture file at byte {self.offset}: {self.reason}"
 
 
-class CaptureReader:
+class CaptureReader(Closing):
     """Packets of one capture file; see the module docstring.
 
     Attributes: ``path``, ``size`` (bytes), ``offset`` (bytes consumed so far, for a progress
@@ -464,12 +466,6 @@ class CaptureReader:
                 buf.close()
             except BufferError:
                 pass  # packet views still exported: unmapped when the last one is freed
-
-    def __enter__(self) -> CaptureReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
