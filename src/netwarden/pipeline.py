@@ -21,8 +21,8 @@ from netwarden.errors import MissingCapability, UsageError
 from netwarden.events import Event, EventType
 from netwarden.export.metrics import Metrics
 from netwarden.stats.names import NameCache
-from netwarden.stats.report import AGGREGATE_FIELDS, summarize
-from netwarden.store.sqlite import FlowFilter, Store, open_store
+from netwarden.stats.report import summarize, summarize_store
+from netwarden.store.sqlite import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ RETENTION_INTERVAL = 3600.0
 STATS_FILE = "stats.json"
 #: stats.json and the dump cover at most this many of the most recent flows
 STATS_FLOWS = 100_000
+#: reverse lookups a dump starts, for its biggest remotes without a name yet
+STATS_LOOKUPS = 1024
 #: rows waiting for the store beyond which the ticker writes at once, not at the next
 #: flush_interval (a flood of spoofed sources makes ten thousand flows a second)
 FLUSH_BACKLOG = 4096
@@ -313,19 +315,31 @@ class Pipeline:
         header, rows = self._stats(now)
         return {**header, "rows": list(rows)}
 
-    def _stats(self, now: float | None) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
-        """The dump's header, and its rows made one at a time."""
+    def _stats(
+        self, now: float | None, unnamed: list[str] | None = None
+    ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        """The dump's header, and its rows made one at a time. With ``unnamed``, names are
+        only read from the cache, and the addresses that need a lookup are collected there
+        (the first STATS_LOOKUPS, most bytes first): the caller starts them after the dump,
+        so reverse-DNS threads do not compete with the dump for the interpreter."""
         now = time.time() if now is None else now
+        lookup = self.names.lookup
+        if unnamed is not None:
+            known = self.names.known
+
+            def lookup(addr: str) -> tuple[list[str], float | None]:
+                found, expire = known(addr)
+                if (expire is None or expire <= now) and len(unnamed) < STATS_LOOKUPS:
+                    unnamed.append(addr)
+                return found, expire
+
         if self.store is not None:
             with self.lock:
                 taken = self.store.take()
             self.store.write(taken)
             # bounded: the most recent STATS_FLOWS flows (a spoofed flood makes millions),
-            # read one at a time with the fields the rows need
-            flows = self.store.iter_flows(
-                FlowFilter(since=self.stats_start, limit=STATS_FLOWS), AGGREGATE_FIELDS
-            )
-            summary = summarize(flows, "ip", names=self.names.lookup)
+            # added up by SQLite, the rows read one at a time
+            summary = summarize_store(self.store, self.stats_start, STATS_FLOWS, names=lookup)
         else:
             summary = summarize([])
         minutes = max((now - self.stats_start) / 60.0, 1.0 / 60.0)
@@ -345,7 +359,8 @@ class Pipeline:
         rows of a spoofed flood are never all in memory as dicts)."""
         path = os.path.join(self.state_dir, STATS_FILE)
         tmp = path + ".tmp"
-        header, rows = self._stats(None)
+        unnamed: list[str] = []
+        header, rows = self._stats(None, unnamed)
         head = json.dumps(header, indent=1)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(head[:-2] + ',\n "rows": [')
@@ -356,6 +371,7 @@ class Pipeline:
                 sep = ",\n  "
             f.write("\n ]\n}\n")
         os.replace(tmp, path)
+        self.names.prefetch(unnamed)  # their names are in the next dump
         return path
 
     def new_statistics(self) -> None:

@@ -65,3 +65,23 @@ def test_lookups_waiting_are_bounded() -> None:
     finally:
         gate.set()
         c.close()
+
+
+def test_known_starts_nothing_prefetch_does() -> None:
+    calls: list[str] = []
+
+    def resolve(addr: str) -> tuple[list[str], float]:
+        calls.append(addr)
+        return [f"h-{addr}"], 60.0
+
+    c = NameCache(resolve, clock=lambda: 0.0)
+    try:
+        assert c.known("192.0.2.1") == ([], None)
+        c.wait()
+        assert calls == []
+        c.prefetch(["192.0.2.1", "192.0.2.2"])
+        c.wait()
+        assert sorted(calls) == ["192.0.2.1", "192.0.2.2"]
+        assert c.known("192.0.2.2") == (["h-192.0.2.2"], 60.0)
+    finally:
+        c.close()

@@ -16,6 +16,7 @@ import pytest
 from netwarden import pipeline as pl
 from netwarden.config import Config
 from netwarden.events import Direction, Event, EventType, Proto, ScanInfo, ScanKind
+from netwarden.stats.names import NameCache
 from netwarden.store.sqlite import open_store
 
 SRC = ip_address("192.0.2.9")
@@ -165,8 +166,18 @@ def test_a_large_store_backlog_wakes_the_ticker_then_is_written_inline(
 def test_stats_json_is_written_row_by_row(tmp_path: Path) -> None:
     """stats.json: Sniffer's header, then one row per line, most bytes first; the same as
     stats() (which the file streams, so 100,000 rows are never all dicts at once)."""
-    log: list[str] = []
-    p = make(tmp_path, Source(), log, store=True)
+    resolved: list[tuple[str, bool]] = []
+
+    def resolve(addr: str) -> tuple[list[str], float]:
+        resolved.append((addr, (tmp_path / "stats.json").exists()))
+        return [f"h{addr[-1]}.example"], 60.0
+
+    p = pl.Pipeline(
+        Config(state_dir=str(tmp_path)),
+        Source(),
+        store=open_store(str(tmp_path)),
+        names=NameCache(resolve),
+    )
     assert p.store is not None
     now = time.time()
     p.stats_start = now - 120.0
@@ -178,10 +189,6 @@ def test_stats_json_is_written_row_by_row(tmp_path: Path) -> None:
     path = p.write_stats()
     text = Path(path).read_text()
     doc = json.loads(text)
-    expect = p.stats()
-    assert {k: v for k, v in doc.items() if k != "current"} == {
-        k: v for k, v in expect.items() if k != "current"
-    }
     assert doc["users"] == 2 and [r["key"] for r in doc["rows"]] == ["203.0.113.1", "203.0.113.2"]
     assert doc["rows"][0]["bytes"] == 400 and doc["rows"][0]["conns"] == 2
     minutes = (doc["current"] - p.stats_start) / 60.0
@@ -191,6 +198,19 @@ def test_stats_json_is_written_row_by_row(tmp_path: Path) -> None:
         "203.0.113.1",
         "203.0.113.2",
     ]
+    # no reverse lookup ran while the dump was being written: they start after it, and
+    # their names are in the next dump
+    p.names.wait()
+    assert sorted(resolved) == [("203.0.113.1", True), ("203.0.113.2", True)]
+    assert doc["rows"][0]["names"] == []
+    again = json.loads(Path(p.write_stats()).read_text())
+    assert [r["names"] for r in again["rows"]] == [["h1.example"], ["h2.example"]]
+    assert len(resolved) == 2
+    # the streamed file is stats() (the dict), to the row
+    assert {k: v for k, v in again.items() if k != "current"} == {
+        k: v for k, v in p.stats().items() if k != "current"
+    }
+    assert [{**r, "names": [], "names_expire": None} for r in again["rows"]] == doc["rows"]
     # and with nothing seen
     p.stats_start = time.time() + 60
     assert json.loads(Path(p.write_stats()).read_text())["rows"] == []

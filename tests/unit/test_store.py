@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from netwarden.errors import UsageError
 from netwarden.events import (
@@ -98,6 +101,48 @@ def test_iter_flows_one_at_a_time_with_some_columns(tmp_path: Path) -> None:
     assert s.flush() == 1
     with pytest.raises(ValueError, match="no such flow columns"):
         next(s.iter_flows(FlowFilter(), ("ts", "nonsense")))
+    s.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flows=st.lists(
+        st.tuples(
+            st.sampled_from(list(Direction)),
+            st.sampled_from([EventType.NEW, EventType.END]),
+            st.integers(0, 5),  # the remote, from a few
+            st.one_of(st.none(), st.integers(0, 10**9)),
+            st.one_of(st.none(), st.floats(0, 1000, allow_nan=False)),
+            st.one_of(st.none(), st.sampled_from(["", "curl", "a,b:c", "ssh\x1f", "ünï"])),
+        ),
+        max_size=40,
+    ),
+    limit=st.one_of(st.none(), st.integers(1, 40)),
+    since=st.one_of(st.none(), st.floats(1000, 1040)),
+)
+def test_remote_totals_are_the_python_summary(
+    tmp_path_factory: pytest.TempPathFactory,
+    flows: list[tuple[Direction, EventType, int, int | None, float | None, str | None]],
+    limit: int | None,
+    since: float | None,
+) -> None:
+    """stats.json's rows added up by SQLite are exactly report.aggregate's by ip, over the
+    same latest flows (any direction, new or end, missing bytes, odd process names)."""
+    from netwarden.stats.report import aggregate, summarize_store
+
+    s = open_store(str(tmp_path_factory.mktemp("st")))
+    for i, (direction, kind, r, obytes, dur, comm) in enumerate(flows):
+        e = flow(f"f{i}", kind, 1000.0 + i, dst=f"198.51.100.{r}", comm=comm, pid=None,
+                 direction=direction)  # fmt: skip
+        s.add(replace(e, orig_bytes=obytes, duration=dur, src=ip_address(f"203.0.113.{r}")))
+    s.flush()
+    summary = summarize_store(s, since, limit)
+    rows = list(summary.rows())
+    assert rows == aggregate(s.flows(FlowFilter(since=since, limit=limit)))
+    assert summary.count == len(rows) and summary.conns == sum(r["conns"] for r in rows)
+    assert summary.bytes == sum(r["bytes"] for r in rows)
     s.close()
 
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from netwarden.output import sanitize
@@ -88,13 +88,27 @@ class NameCache:
         self.learned = 0
 
     def lookup(self, addr: str) -> tuple[list[str], float | None]:
+        """The names known for ``addr`` (and when they expire); unknown or expired: what
+        is known, and a reverse lookup is started (names come with a later call)."""
+        return self._lookup(addr, resolve=True)
+
+    def known(self, addr: str) -> tuple[list[str], float | None]:
+        """What :meth:`lookup` says, without starting a lookup (see :meth:`prefetch`)."""
+        return self._lookup(addr, resolve=False)
+
+    def prefetch(self, addrs: Iterable[str]) -> None:
+        """Start the reverse lookups of ``addrs`` not known yet (up to the pending bound)."""
+        for addr in addrs:
+            self._lookup(addr, resolve=True)
+
+    def _lookup(self, addr: str, *, resolve: bool) -> tuple[list[str], float | None]:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(addr)
             if hit is not None and hit[1] > now:
                 self._cache.move_to_end(addr)
                 return hit[0], hit[1]
-            if addr not in self._pending:
+            if resolve and addr not in self._pending:
                 if len(self._pending) >= self._max_pending:
                     # thousands of new addresses at once (a dump during a spoofed flood):
                     # the rest wait for a later call rather than queue without bound

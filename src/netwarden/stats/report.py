@@ -101,27 +101,29 @@ def aggregate(
     return list(summarize(flows, by, names=names, domain_of=domain_of).rows())
 
 
-class Summary:
-    """Flows added up by group, kept compact: a spoofed flood makes 100,000 groups of one
-    flow each, and stats.json is written while it goes on. The totals are known at once;
-    :meth:`rows` makes each row as it is asked for, most bytes first (and forgets the
-    group: it can be iterated once)."""
+#: one group of a summary: key, bytes_in, bytes_out, conns, first, last, its remote
+#: address(es) (one, or a set), {comm: bytes} (or None)
+Group = tuple[str, int, int, int, float, float, "str | set[str]", "dict[str, int] | None"]
 
-    def __init__(self, groups: dict[str, list[Any]], names: NameLookup) -> None:
-        #: per group: [bytes_in, bytes_out, conns, first, last, remote(s): a str or a
-        #: set, {comm: bytes} or None]
+
+class Summary:
+    """Flows added up by group: the totals at once, and :meth:`rows`, each row made as it
+    is asked for, most bytes first (it can be iterated once). A spoofed flood makes 100,000
+    groups of one flow each, and stats.json is written while it goes on: the groups come
+    compact (:func:`summarize`) or one at a time from the store (:func:`summarize_store`)."""
+
+    def __init__(
+        self, count: int, conns: int, total_bytes: int, groups: Iterator[Group], names: NameLookup
+    ) -> None:
+        self.count = count
+        self.conns = conns
+        self.bytes = total_bytes
         self._groups = groups
         self._names = names
-        self.count = len(groups)
-        self.conns = sum(g[2] for g in groups.values())
-        self.bytes = sum(g[0] + g[1] for g in groups.values())
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        groups = self._groups
-        order = sorted(groups, key=lambda k: (-(groups[k][0] + groups[k][1]), k))
         names = self._names
-        for key in order:
-            b_in, b_out, conns, first, last, remotes, procs = groups.pop(key)
+        for key, b_in, b_out, conns, first, last, remotes, procs in self._groups:
             names_list: list[str] = []
             expire: float | None = None
             for r in sorted(remotes) if isinstance(remotes, set) else (remotes,):
@@ -145,6 +147,17 @@ class Summary:
                     "processes": [p for p, _ in by_bytes],
                 }
             )
+
+
+def summarize_store(
+    store: Any, since: float | None, limit: int | None, *, names: NameLookup = _no_names
+) -> Summary:
+    """:func:`summarize` by ``ip`` of the latest ``limit`` flows in ``store`` (a
+    :class:`netwarden.store.sqlite.Store`), added up by SQLite: Python holds one row at a
+    time."""
+    (count, conns, total), rows = store.remote_totals(since, limit)
+    groups = ((r, bi, bo, c, f, la, r, p or None) for r, bi, bo, c, f, la, p in rows)
+    return Summary(count, conns, total, groups, names)
 
 
 def summarize(
@@ -202,7 +215,20 @@ def summarize(
                 g[6] = {comm: ob + rb}
             else:
                 procs[comm] = procs.get(comm, 0) + ob + rb
-    return Summary(groups, names)
+
+    def ordered() -> Iterator[Group]:
+        order = sorted(groups, key=lambda k: (-(groups[k][0] + groups[k][1]), k))
+        for key in order:
+            b_in, b_out, conns, first, last, remotes, procs = groups.pop(key)
+            yield key, b_in, b_out, conns, first, last, remotes, procs
+
+    return Summary(
+        len(groups),
+        sum(g[2] for g in groups.values()),
+        sum(g[0] + g[1] for g in groups.values()),
+        ordered(),
+        names,
+    )
 
 
 def _finish(g: dict[str, Any]) -> dict[str, Any]:

@@ -393,6 +393,51 @@ class Store:
             finally:
                 cur.close()
 
+    def remote_totals(
+        self, since: float | None = None, limit: int | None = None
+    ) -> tuple[tuple[int, int, int], Iterator[RemoteTotals]]:
+        """The latest ``limit`` flows (activity since ``since``) added up per remote
+        address by SQLite, for stats.json: ((remotes, conns, bytes) in all, then one
+        :data:`RemoteTotals` per remote, most bytes first). Python then holds one row at a
+        time, however many remotes a spoofed flood made. The rows are :func:`aggregate`'s
+        (``netwarden.stats.report``) by ``ip``, with the processes as {comm: bytes}.
+
+        Reads through its own read-only connection (WAL: the writer goes on meanwhile);
+        consume the rows whole."""
+        where, args = "", []
+        if since is not None:
+            where, args = "WHERE last >= ?", [since]
+        lim = "" if limit is None else f"LIMIT {int(limit)}"
+        cte = _REMOTE_CTE.format(where=where, limit=lim)
+        conn = self._connect() if not self.readonly else self.conn
+        try:
+            totals = conn.execute(
+                cte
+                + "SELECT COUNT(*), IFNULL(SUM(conns), 0), IFNULL(SUM(b_in + b_out), 0) FROM per",
+                args,
+            ).fetchone()
+        except BaseException:
+            if conn is not self.conn:
+                conn.close()
+            raise
+
+        def rows() -> Iterator[RemoteTotals]:
+            try:
+                cur = conn.execute(cte + _REMOTE_ROWS, args)
+                while chunk := cur.fetchmany(256):
+                    for remote, b_in, b_out, conns, first, last, procs in chunk:
+                        comms: dict[str, int] = {}
+                        for item in (procs or "").split(","):
+                            if item:
+                                name, _, b = item.partition(":")
+                                comms[bytes.fromhex(name).decode("utf-8", "replace")] = int(b)
+                        yield remote, b_in, b_out, conns, first, last, comms
+            finally:
+                if conn is not self.conn:
+                    conn.close()
+
+        return (int(totals[0]), int(totals[1]), int(totals[2])), rows()
+
     def events(self, since: float | None = None, kinds: Sequence[str] = ()) -> list[dict[str, Any]]:
         sql = "SELECT data FROM events"
         where: list[str] = []
@@ -412,6 +457,39 @@ class Store:
 
     def integrity(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+#: (remote, bytes_in, bytes_out, conns, first, last, {comm: bytes})
+RemoteTotals = tuple[str, int, int, int, float, float, dict[str, int]]
+
+# Store.remote_totals: the latest flows, their remote side, and the sums per remote, as
+# netwarden.stats.report.summarize makes them (tests/unit/test_store.py compares the two)
+_REMOTE_CTE = """
+WITH recent AS (
+  SELECT CASE WHEN direction = 'in' THEN src ELSE dst END AS remote, direction,
+         IFNULL(orig_bytes, 0) AS ob, IFNULL(resp_bytes, 0) AS rb,
+         IFNULL(ts, 0.0) AS t, IFNULL(duration, 0.0) AS d, event, comm
+  FROM flows {where} ORDER BY last DESC {limit}
+), per AS (
+  SELECT remote,
+         SUM(CASE WHEN direction = 'in' THEN ob ELSE rb END) AS b_in,
+         SUM(CASE WHEN direction = 'in' THEN rb ELSE ob END) AS b_out,
+         COUNT(*) AS conns,
+         MIN(CASE WHEN event = 'end' THEN t - d ELSE t END) AS first,
+         MAX(t) AS last
+  FROM recent WHERE remote IS NOT NULL GROUP BY remote
+), procs AS (
+  SELECT remote, group_concat(hex(comm) || ':' || b, ',') AS procs FROM (
+    SELECT remote, comm, SUM(ob + rb) AS b FROM recent
+    WHERE remote IS NOT NULL AND comm IS NOT NULL AND comm != '' GROUP BY remote, comm
+  ) GROUP BY remote
+)
+"""
+_REMOTE_ROWS = """
+SELECT per.remote, b_in, b_out, conns, first, last, procs.procs
+FROM per LEFT JOIN procs ON procs.remote = per.remote
+ORDER BY b_in + b_out DESC, per.remote
+"""
 
 
 def _in_range(addr: str | None, lo: bytes, hi: bytes) -> bool:
