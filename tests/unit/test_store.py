@@ -82,28 +82,6 @@ def test_filters(tmp_path: Path) -> None:
         s.flows(FlowFilter(dst="nonsense"))
 
 
-def test_iter_flows_one_at_a_time_with_some_columns(tmp_path: Path) -> None:
-    """What stats.json reads: the latest N flows, only the fields a summary needs, one row
-    at a time (the store is locked meanwhile and free again after)."""
-    from netwarden.stats.report import AGGREGATE_FIELDS, aggregate
-
-    s = open_store(str(tmp_path))
-    for i in range(2500):  # more than one fetch of 1024
-        s.add(flow(f"f{i}", EventType.END, 1000.0 + i, dst=f"198.51.{i % 7}.9", obytes=i))
-    s.flush()
-    it = s.iter_flows(FlowFilter(limit=2000), AGGREGATE_FIELDS)
-    first = next(it)
-    assert set(first) == set(AGGREGATE_FIELDS) and first["ts"] == 1500.0
-    rest = list(it)
-    assert len(rest) == 1999 and rest[-1]["ts"] == 3499.0
-    assert aggregate([first, *rest]) == aggregate(s.flows(FlowFilter(limit=2000)))
-    s.add(flow("after", EventType.END, 5000.0))  # and the store goes on
-    assert s.flush() == 1
-    with pytest.raises(ValueError, match="no such flow columns"):
-        next(s.iter_flows(FlowFilter(), ("ts", "nonsense")))
-    s.close()
-
-
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

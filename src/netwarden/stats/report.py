@@ -83,13 +83,6 @@ def _key(
     raise ValueError(by)
 
 
-#: the flow fields :func:`aggregate` reads (a store may hand over just these)
-AGGREGATE_FIELDS = (
-    "event", "ts", "duration", "direction", "src", "dst",
-    "orig_bytes", "resp_bytes", "comm", "unit",
-)  # fmt: skip
-
-
 def aggregate(
     flows: Iterable[dict[str, Any]],
     by: str = "ip",

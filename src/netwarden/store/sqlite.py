@@ -334,17 +334,6 @@ class Store:
     # ------------------------------------------------------------------ reading
     def flows(self, f: FlowFilter = FlowFilter()) -> list[dict[str, Any]]:
         """Flows matching the filters, newest activity last, as event-field dicts."""
-        return list(self.iter_flows(f))
-
-    def iter_flows(
-        self, f: FlowFilter = FlowFilter(), columns: Sequence[str] = FIELDS
-    ) -> Iterator[dict[str, Any]]:
-        """:meth:`flows` one at a time, with only ``columns`` (a summary of 100,000 flows
-        then holds one row at a time, not 100,000 dicts). The store stays locked until the
-        iteration ends: consume it whole, and soon."""
-        bad = [c for c in columns if c not in FIELDS]
-        if bad:
-            raise ValueError(f"no such flow columns: {bad}")
         where: list[str] = []
         args: list[Any] = []
         if f.since is not None:
@@ -375,23 +364,21 @@ class Store:
         if f.pid is not None:
             where.append("pid = ?")
             args.append(f.pid)
-        sql = f"SELECT {', '.join(columns)}, last AS _last FROM flows"
+        sql = f"SELECT {', '.join(FIELDS)}, last AS _last FROM flows"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY last"
         if f.limit is not None:
             sql = f"SELECT * FROM ({sql} DESC LIMIT {int(f.limit)}) ORDER BY _last"
+        out = []
         with self._db:
             self.conn.create_function("nw_in_range", 3, _in_range, deterministic=True)
-            cur = self.conn.execute(sql, args)
-            try:
-                while rows := cur.fetchmany(1024):
-                    for r in rows:
-                        d = dict(r)
-                        del d["_last"]
-                        yield d
-            finally:
-                cur.close()
+            rows = self.conn.execute(sql, args).fetchall()
+        for r in rows:
+            d = dict(r)
+            del d["_last"]
+            out.append(d)
+        return out
 
     def remote_totals(
         self, since: float | None = None, limit: int | None = None
@@ -402,8 +389,8 @@ class Store:
         time, however many remotes a spoofed flood made. The rows are :func:`aggregate`'s
         (``netwarden.stats.report``) by ``ip``, with the processes as {comm: bytes}.
 
-        Reads through its own read-only connection (WAL: the writer goes on meanwhile);
-        consume the rows whole."""
+        Reads through a connection of its own (WAL: the writer goes on meanwhile, and the
+        store's lock is not held); consume the rows whole."""
         where, args = "", []
         if since is not None:
             where, args = "WHERE last >= ?", [since]
