@@ -475,11 +475,10 @@ class RingCapture(Closing):
     def _more_in_ring(self) -> bool:
         """Whether the next block holds packets: retired, or still being filled (immediate:
         whether the next frame is ready)."""
+        if self.frame_size:
+            return self.ready()
         mv = self._mv
         assert mv is not None
-        if self.frame_size:
-            nxt = (self._frame + self._frames_held) % self._frame_count
-            return bool(_STATUS.unpack_from(mv, nxt * self.frame_size)[0] & TP_STATUS_USER)
         base = self._block * self.block_size
         if self._held:
             base = ((self._block + 1) % self.block_count) * self.block_size
