@@ -435,12 +435,18 @@ class FakeSets:
         pass
 
 
-def test_a_verdict_goes_to_the_kernel_first_and_is_synced_later(
-    tmp_path: Path, rec: Recorder, clock: Clock
-) -> None:
+def with_sets(tmp_path: Path, rec: Recorder, clock: Clock) -> tuple[Blocker, FakeSets]:
+    """A started blocker whose single addresses go to a FakeSets (as the daemon's do)."""
     sets = FakeSets(rec)
     b = blocker(tmp_path, rec, clock, sets=sets)
     b.start()
+    return b, sets
+
+
+def test_a_verdict_goes_to_the_kernel_first_and_is_synced_later(
+    tmp_path: Path, rec: Recorder, clock: Clock
+) -> None:
+    b, sets = with_sets(tmp_path, rec, clock)
     n = len(rec.commands)
     blk = b.block("192.0.2.7", 600.0, reason="port scan", ports=[22], durable=False)
     assert sets.calls == [("192.0.2.7", 600_000)] and len(rec.commands) == n  # no libnftables
@@ -464,9 +470,7 @@ def test_a_verdict_goes_to_the_kernel_first_and_is_synced_later(
 def test_a_verdict_sees_a_block_made_by_another_process(
     tmp_path: Path, rec: Recorder, clock: Clock
 ) -> None:
-    sets = FakeSets(rec)
-    daemon = blocker(tmp_path, rec, clock, sets=sets)
-    daemon.start()
+    daemon, sets = with_sets(tmp_path, rec, clock)
     daemon.block("192.0.2.7", 60.0, durable=False)
     clock.t += 1.0
     blocker(tmp_path, rec, clock).block("192.0.2.8", 7200.0, reason="by hand")  # the CLI
@@ -484,9 +488,7 @@ def test_a_verdict_sees_a_block_made_by_another_process(
 def test_a_verdict_without_the_table_recreates_it(
     tmp_path: Path, rec: Recorder, clock: Clock
 ) -> None:
-    sets = FakeSets(rec)
-    b = blocker(tmp_path, rec, clock, sets=sets)
-    b.start()
+    b, _sets = with_sets(tmp_path, rec, clock)
     b.block("192.0.2.7", 100.0, durable=False)
     rec.table = False  # somebody deleted it
     clock.t += 10.0
